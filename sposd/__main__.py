@@ -1,0 +1,3 @@
+from sposd.cli import main
+
+main()

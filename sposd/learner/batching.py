@@ -1,0 +1,100 @@
+"""Turning completions into learner tensors: token-budget micro-batches and the prompt|completion layout.
+
+Layout (verl's): each row is [left-padded prompt | right-padded completion]. Every completion then starts at
+the same column P, so logits[:, P-1 : P-1+T] line up with the completion tokens of all rows at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class LearnerSample:
+    """One completion as the learner needs it.
+
+    Attributes:
+        prompt_ids: student context tokens.
+        completion_ids: sampled tokens (EOS included when generated).
+        adv: sequence-level advantage.
+        loss_weight: 0.0 drops the completion from the loss (e.g. overlong filtering), 1.0 keeps it.
+        rollout_logprobs: the engine's log-prob of each completion token, for diagnostics.
+    """
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    adv: float
+    loss_weight: float = 1.0
+    rollout_logprobs: list[float] | None = None
+
+
+def plan_micro_batches(lengths: list[tuple[int, int]], max_tokens: int) -> list[list[int]]:
+    """Group samples into micro-batches whose padded size (rows x (max prompt + max completion)) fits max_tokens.
+
+    Samples are sorted by total length first so each micro-batch pads little. A single sample longer than the
+    budget gets a micro-batch of its own.
+
+    Args:
+        lengths: (prompt_len, completion_len) per sample.
+        max_tokens: padded-token budget per micro-batch.
+    Returns: lists of sample indices.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i][0] + lengths[i][1], i))
+    plans: list[list[int]] = []
+    cur: list[int] = []
+    max_p = max_t = 0
+    for i in order:
+        p, t = lengths[i]
+        new_p, new_t = max(max_p, p), max(max_t, t)
+        if cur and (len(cur) + 1) * (new_p + new_t) > max_tokens:
+            plans.append(cur)
+            cur, new_p, new_t = [], p, t
+        cur.append(i)
+        max_p, max_t = new_p, new_t
+    if cur:
+        plans.append(cur)
+    return plans
+
+
+def collate(samples: list[LearnerSample], *, pad_id: int) -> dict[str, Tensor]:
+    """Build one micro-batch.
+
+    Returns:
+        input_ids_BL, attention_mask_BL, position_ids_BL with L = P + T;
+        completion_ids_BT, mask_BT (1.0 on real completion tokens of kept samples), adv_B,
+        rollout_logp_BT (0 where unknown), has_rollout_logp_B.
+    """
+    B = len(samples)
+    P = max(len(s.prompt_ids) for s in samples)
+    T = max(max(len(s.completion_ids) for s in samples), 1)
+    ids = torch.full((B, P + T), pad_id, dtype=torch.long)
+    attn = torch.zeros(B, P + T, dtype=torch.long)
+    comp = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, T)
+    rlp = torch.zeros(B, T)
+    has_rlp = torch.zeros(B, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        p, t = len(s.prompt_ids), len(s.completion_ids)
+        ids[i, P - p : P] = torch.tensor(s.prompt_ids)
+        attn[i, P - p : P + t] = 1
+        if t:
+            ids[i, P : P + t] = torch.tensor(s.completion_ids)
+            comp[i, :t] = torch.tensor(s.completion_ids)
+            mask[i, :t] = float(s.loss_weight > 0)
+        if s.rollout_logprobs is not None and len(s.rollout_logprobs) == t:
+            rlp[i, :t] = torch.tensor(s.rollout_logprobs)
+            has_rlp[i] = True
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    return {
+        "input_ids_BL": ids,
+        "attention_mask_BL": attn,
+        "position_ids_BL": pos,
+        "completion_ids_BT": comp,
+        "mask_BT": mask,
+        "adv_B": torch.tensor([s.adv for s in samples], dtype=torch.float32),
+        "rollout_logp_BT": rlp,
+        "has_rollout_logp_B": has_rlp,
+    }

@@ -1,0 +1,244 @@
+"""DeepSpeed learner: ZeRO-3 (gloo on CPU, NCCL + bf16 on GPU), token-budget micro-batches, AdamW, schedules.
+
+Loss normalisation is global: the algorithm divides by token/sequence counts summed over every micro-batch and
+every rank (all-reduced before the first forward). DeepSpeed must then neither divide by its accumulation steps
+(`scale_wrt_gas=False`) nor leave its data-parallel gradient *average* uncorrected, so each rank's loss is
+multiplied by the world size: the averaged gradient is then exactly the gradient of the global loss.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from sposd import dist as sdist
+from sposd.learner.batching import LearnerSample, collate, plan_micro_batches
+
+
+def lr_lambda(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the base LR at optimiser step `step`: linear warm-up, then constant / linear / cosine decay."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    decay = 1 - frac if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
+    return min_ratio + (1 - min_ratio) * decay
+
+
+def ds_config(*, dtype: str, zero_stage: int, grad_clip: float, offload_optimizer: bool, offload_params: bool) -> dict:
+    zero: dict = {"stage": zero_stage, "stage3_gather_16bit_weights_on_model_save": True}
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,  # boundaries are set by hand: micro-batch counts vary per step
+        "gradient_clipping": grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": dtype == "bfloat16"},
+        "fp16": {"enabled": dtype == "float16"},
+        "zero_allow_untested_optimizer": True,  # a client torch AdamW avoids a 40 s JIT build of DeepSpeed's own
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _load_model(path: str, *, dtype: str, trust_remote_code: bool, ds_cfg: dict | None):
+    """Load a causal LM; under ZeRO-3 parameters are partitioned while loading (HfDeepSpeedConfig)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    keep = HfDeepSpeedConfig(ds_cfg) if ds_cfg and ds_cfg["zero_optimization"]["stage"] == 3 else None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, attn_implementation="sdpa"
+        )
+    finally:
+        # While that object lives every from_pretrained is a collective (a rank-0-only load would hang).
+        del keep
+        unset_hf_deepspeed_config()
+    return model
+
+
+class DeepSpeedLearner:
+    """Owns the trainable policy (and, when the algorithm needs one, a frozen reference copy).
+
+    Args:
+        model_path: HF-format directory or hub id of the starting policy.
+        algo: the `sposd.algos.Algorithm` supplying the loss (the learner never looks at its name).
+        optim: `OptimCfg`-like object (lr, weight_decay, betas, eps, warmup_steps, schedule, min_lr_ratio, grad_clip).
+        total_steps: optimiser steps the schedule spans.
+        loss_temperature: logits are divided by this before log-softmax (= rollout temperature).
+    """
+
+    def __init__(self, model_path: str, *, algo, optim, total_steps: int, device: str, dtype: str, zero_stage: int,
+                 micro_batch_tokens: int, pad_id: int, loss_temperature: float = 1.0,
+                 gradient_checkpointing: bool = False, trust_remote_code: bool = False,
+                 offload_optimizer: bool = False, offload_params: bool = False) -> None:
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path("~/.cache/sposd/torch_extensions").expanduser()))
+        import deepspeed
+
+        self.algo, self.device, self.pad_id = algo, device, pad_id
+        self.micro_batch_tokens, self.loss_temperature = micro_batch_tokens, loss_temperature
+        self.rank, self.world = sdist.init_distributed(device)
+        cfg = ds_config(dtype=dtype, zero_stage=zero_stage, grad_clip=optim.grad_clip,
+                        offload_optimizer=offload_optimizer, offload_params=offload_params)
+        model = _load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code, ds_cfg=cfg)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+        opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                                weight_decay=optim.weight_decay)
+        sched = lambda o: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
+            o, lambda s: lr_lambda(s, warmup=optim.warmup_steps, total=total_steps, schedule=optim.schedule,
+                                   min_ratio=optim.min_lr_ratio))
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=opt, lr_scheduler=sched, config=cfg)
+        self.ref = None
+        if algo.needs_ref:
+            ref_cfg = {k: v for k, v in cfg.items() if k != "gradient_clipping"}
+            ref = _load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code, ds_cfg=ref_cfg)
+            self.ref, *_ = deepspeed.initialize(model=ref, config=ref_cfg)
+            self.ref.eval()
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    def _dev(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.engine.device, non_blocking=True)
+
+    def _logp(self, engine, mb: dict) -> torch.Tensor:
+        """Log-prob of each completion token under `engine`'s model: [B, T] (float32)."""
+        from sposd.ops.logprobs import token_logprobs
+
+        T = mb["completion_ids_BT"].shape[1]
+        out = engine(input_ids=self._dev(mb["input_ids_BL"]), attention_mask=self._dev(mb["attention_mask_BL"]),
+                     position_ids=self._dev(mb["position_ids_BL"]), use_cache=False, logits_to_keep=T + 1)
+        logits_BTV = out.logits[:, :-1]
+        return token_logprobs(logits_BTV, self._dev(mb["completion_ids_BT"]), temperature=self.loss_temperature)
+
+    def _dummy_backward(self) -> None:
+        """Zero-loss forward/backward: keeps ZeRO-3's collectives in step when this rank has fewer micro-batches."""
+        ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.engine.device)
+        loss = self.engine(input_ids=ids, use_cache=False).logits.sum() * 0.0
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def train_step(self, samples: list[LearnerSample], *, max_len: int) -> dict[str, float]:
+        """One rollout batch -> ppo_epochs x num_minibatches optimiser steps. Returns rank-summed metrics."""
+        from sposd.algos.base import Normalizer, PolicyBatch
+
+        cfg = self.algo.cfg
+        n_mini = max(1, min(cfg.num_minibatches, len(samples))) if samples else 1
+        minibatches = [samples[i::n_mini] for i in range(n_mini)]
+        # With one optimiser step per batch the policy that sampled is the one being differentiated, so the
+        # detached current log-prob is exactly the behaviour log-prob; otherwise freeze it first.
+        on_policy = cfg.ppo_epochs == 1 and n_mini == 1
+        old = None if on_policy else [self._no_grad_logps(self.engine, mbs) for mbs in minibatches]
+        ref = [self._no_grad_logps(self.ref, mbs) for mbs in minibatches] if self.ref is not None else None
+        metrics: dict[str, float] = {}
+        t0 = time.perf_counter()
+        n_steps = 0
+        for _ in range(cfg.ppo_epochs):
+            for k, mbs in enumerate(minibatches):
+                m = self._optimizer_step(mbs, old[k] if old else None, ref[k] if ref else None, max_len,
+                                         Normalizer, PolicyBatch)
+                for key, v in m.items():
+                    metrics[key] = metrics.get(key, 0.0) + v
+                n_steps += 1
+        metrics = {k: v / n_steps for k, v in metrics.items()}
+        metrics["time/learn_fwd_bwd_s"] = time.perf_counter() - t0
+        return metrics
+
+    @torch.no_grad()
+    def _no_grad_logps(self, engine, samples: list[LearnerSample]) -> list[torch.Tensor]:
+        """Per-sample log-probs (unpadded, on CPU), computed with the same micro-batching as training."""
+        out: list[torch.Tensor | None] = [None] * len(samples)
+        plan = plan_micro_batches([(len(s.prompt_ids), len(s.completion_ids)) for s in samples],
+                                  self.micro_batch_tokens)
+        n_max = int(sdist.all_reduce([len(plan)], op="max")[0])
+        for j in range(n_max):
+            if j >= len(plan):
+                ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.engine.device)
+                engine(input_ids=ids, use_cache=False)
+                continue
+            idx = plan[j]
+            lp = self._logp(engine, collate([samples[i] for i in idx], pad_id=self.pad_id)).float().cpu()
+            for r, i in enumerate(idx):
+                out[i] = lp[r, : len(samples[i].completion_ids)]
+        return out  # type: ignore[return-value]
+
+    def _optimizer_step(self, samples, old, ref, max_len, Normalizer, PolicyBatch) -> dict[str, float]:
+        plan = plan_micro_batches([(len(s.prompt_ids), len(s.completion_ids)) for s in samples],
+                                  self.micro_batch_tokens)
+        n_tok = sum(len(s.completion_ids) for s in samples if s.loss_weight > 0)
+        tot_tok, tot_seq, n_max = sdist.all_reduce([n_tok, len(samples)], op="sum") + \
+            sdist.all_reduce([len(plan)], op="max")
+        norm = Normalizer(num_tokens=max(tot_tok, 1.0), num_seqs=max(tot_seq, 1.0),
+                          max_len=int(self.algo.cfg.loss_scale_len or max_len))
+        metrics: dict[str, float] = {}
+        diff_sum = diff_n = 0.0
+        n_max = int(n_max)
+        for j in range(n_max):
+            self.engine.set_gradient_accumulation_boundary(j == n_max - 1)
+            if j >= len(plan):
+                self._dummy_backward()
+                self.engine.step()
+                continue
+            idx = plan[j]
+            mb = collate([samples[i] for i in idx], pad_id=self.pad_id)
+            logp = self._logp(self.engine, mb)
+            mask = self._dev(mb["mask_BT"])
+            old_lp = logp.detach() if old is None else self._dev(_pad([old[i] for i in idx], logp.shape[1]))
+            ref_lp = None if ref is None else self._dev(_pad([ref[i] for i in idx], logp.shape[1]))
+            out = self.algo.loss(PolicyBatch(logp_BT=logp, old_logp_BT=old_lp, mask_BT=mask,
+                                             adv_B=self._dev(mb["adv_B"]), ref_logp_BT=ref_lp), norm)
+            self.engine.backward(out.loss * self.world, scale_wrt_gas=False)
+            self.engine.step()
+            metrics["loss/total"] = metrics.get("loss/total", 0.0) + float(out.loss.detach())
+            for k, v in out.metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + float(v)
+            with torch.no_grad():  # stale-weight alarm: vLLM's sampling log-probs vs the learner's
+                has = self._dev(mb["has_rollout_logp_B"])[:, None] * (self._dev(mb["attention_mask_BL"])[:, -logp.shape[1]:] > 0)
+                d = (logp.detach().float() - self._dev(mb["rollout_logp_BT"])).abs() * has
+                diff_sum += float(d.sum())
+                diff_n += float(has.sum())
+        keys = sorted(metrics)
+        summed = sdist.all_reduce([metrics[k] for k in keys] + [diff_sum, diff_n], op="sum")
+        out_m = dict(zip(keys, summed[: len(keys)]))
+        out_m["actor/rollout_logp_abs_diff"] = summed[-2] / max(summed[-1], 1.0)
+        out_m["actor/grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        out_m["actor/lr"] = float(self.scheduler.get_last_lr()[0])
+        return out_m
+
+    # ---- export --------------------------------------------------------------------------------------
+    def save_hf(self, out_dir: str | Path, *, tokenizer=None) -> Path | None:
+        """Write the current policy in Hugging Face format (rank 0), atomically; every rank must call this."""
+        from sposd.sync.weights import iter_gathered_params
+
+        out_dir = Path(out_dir)
+        state = {n: t.cpu() for n, t in iter_gathered_params(self.module)}
+        if self.rank != 0:
+            return None
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+        return out_dir
+
+
+def _pad(rows: list[torch.Tensor], T: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), T)
+    for i, r in enumerate(rows):
+        out[i, : r.numel()] = r
+    return out

@@ -1,0 +1,145 @@
+"""The vLLM rollout engine: group sampling with token ids, logprobs and finish reasons; in-place weight reload.
+
+The engine runs in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, `distributed_executor_backend="uni"`): weights
+then travel to the worker as live tensors, with no pickling and no copy to disk. In a multi-rank job every rank
+owns one engine for its share of the prompts; vLLM reuses the already-initialised torch.distributed world and
+gives each rank an independent TP=1 engine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+from torch import Tensor
+
+from sposd.rollout.base import SamplingCfg
+from sposd.types import Completion, Prompt, RolloutGroup
+
+
+def _set_env(kv_cache_gb: float) -> None:
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gb)))))
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class VLLMEngine:
+    """`RolloutEngine` backed by `vllm.LLM`.
+
+    Args:
+        model_path: HF-format directory or hub id.
+        dtype: "float32" | "bfloat16" | "float16".
+        max_model_len: prompt + completion token budget.
+        seed: engine seed (rollout randomness; per-request seeds are not fixed, so requests differ).
+        device: "cpu" or "cuda" (only decides memory knobs; vLLM detects its platform itself).
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "float32",
+        max_model_len: int = 2048,
+        seed: int = 0,
+        device: str = "cpu",
+        kv_cache_gb: float = 1.0,
+        gpu_memory_utilization: float = 0.5,
+        enforce_eager: bool = True,
+        tensor_parallel_size: int = 1,
+        enable_sleep_mode: bool = False,
+        trust_remote_code: bool = False,
+    ) -> None:
+        _set_env(kv_cache_gb)
+        from vllm import LLM
+
+        kwargs = dict(
+            model=model_path,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            distributed_executor_backend="uni",
+            tensor_parallel_size=tensor_parallel_size,
+            trust_remote_code=trust_remote_code,
+            worker_extension_cls="sposd.rollout.worker_ext.SposdWorkerExtension",
+            enable_prefix_caching=True,
+        )
+        if device == "cuda":
+            kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
+        self._llm = LLM(**kwargs)
+        self._asleep = False
+
+    # ---- sampling ------------------------------------------------------------------------------------
+    def _params(self, sampling: SamplingCfg, *, n: int):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else -1,
+            max_tokens=sampling.max_new_tokens,
+            logprobs=0,  # the sampled token's own logprob
+            seed=sampling.seed,
+            skip_special_tokens=True,
+        )
+
+    def generate(self, prompts: Sequence[Prompt], *, n: int, sampling: SamplingCfg) -> list[RolloutGroup]:
+        """Sample n completions per prompt (vLLM's `n`, sharing the prompt's prefill)."""
+        if not prompts:
+            return []
+        outs = self._llm.generate(
+            [{"prompt_token_ids": p.prompt_ids} for p in prompts], self._params(sampling, n=n), use_tqdm=False
+        )
+        groups = []
+        for prompt, out in zip(prompts, outs, strict=True):
+            comps = []
+            for o in out.outputs:
+                lps = [next(iter(d.values())).logprob if d else 0.0 for d in o.logprobs] if o.logprobs else None
+                comps.append(
+                    Completion(
+                        token_ids=list(o.token_ids),
+                        text=o.text,
+                        logprobs=lps,
+                        finish_reason="length" if o.finish_reason == "length" else "stop",
+                    )
+                )
+            groups.append(RolloutGroup(prompt=prompt, completions=comps))
+        return groups
+
+    def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+        """Score a fixed completion: vLLM's prompt_logprobs of the completion tokens (raw, temperature 1)."""
+        from vllm import SamplingParams
+
+        ids = list(prompt_ids) + list(completion_ids)
+        out = self._llm.generate(
+            [{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False
+        )[0]
+        plp = out.prompt_logprobs  # position i: dict for token ids[i] (None at i=0)
+        return [plp[i][ids[i]].logprob for i in range(len(prompt_ids), len(ids))]
+
+    # ---- weights -------------------------------------------------------------------------------------
+    def load_weights(self, named: Iterable[tuple[str, Tensor]]) -> None:
+        """Stream new weights into the worker in place, then drop cached KV blocks computed with old weights."""
+        self._llm.collective_rpc("sposd_reload_weights", args=(named,))
+        self._llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        """Free the KV cache (GPU colocated mode) while the learner trains."""
+        if not self._asleep and self._llm.llm_engine.vllm_config.model_config.enable_sleep_mode:
+            self._llm.sleep(level=1)
+            self._asleep = True
+
+    def wake_up(self) -> None:
+        if self._asleep:
+            self._llm.wake_up()
+            self._asleep = False
+
+    def close(self) -> None:
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is not None:
+            del llm
+            import gc
+
+            gc.collect()

@@ -1,0 +1,64 @@
+"""Learner -> rollout engine weight sync, bucketed so the full model is never materialised at once.
+
+Under ZeRO-3 every rank holds 1/world of each parameter. All ranks walk the parameters in the same order,
+all-gather one bucket (`bucket_bytes` of full tensors) at a time and hand copies to their own engine, which
+consumes the stream lazily inside a single in-place reload. Peak extra memory is one bucket (+ one copy).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+def _buckets(named: list[tuple[str, nn.Parameter]], bucket_bytes: int) -> Iterator[list[tuple[str, nn.Parameter]]]:
+    bucket, size = [], 0
+    for name, p in named:
+        numel = p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+        nbytes = numel * p.element_size()
+        if bucket and size + nbytes > bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, p))
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
+def iter_gathered_params(
+    model: nn.Module, *, bucket_bytes: int = 256 << 20, stats: dict | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (HF name, full tensor copy) for every parameter, gathering ZeRO-3 shards bucket by bucket.
+
+    Every rank must exhaust this iterator (the gathers are collectives). Tied parameters appear once, under
+    the name HF checkpoints use, which is what vLLM's `load_weights` expects.
+    """
+    import deepspeed
+
+    named = list(model.named_parameters())
+    n_bytes, n_buckets = 0, 0
+    for bucket in _buckets(named, bucket_bytes):
+        params = [p for _, p in bucket]
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            # Copy inside the context: gathered params may be views into a buffer reused by the next gather.
+            copies = [(name, p.data.detach().clone()) for name, p in bucket]
+        n_buckets += 1
+        for name, t in copies:
+            n_bytes += t.numel() * t.element_size()
+            yield name, t
+        del copies
+    if stats is not None:
+        stats.update(bytes=n_bytes, buckets=n_buckets)
+
+
+def push_weights(model: nn.Module, engine, *, bucket_bytes: int = 256 << 20) -> dict[str, float]:
+    """Stream the learner's current weights into `engine.load_weights`; returns timing/size metrics."""
+    t0 = time.perf_counter()
+    stats: dict = {}
+    engine.load_weights(iter_gathered_params(model, bucket_bytes=bucket_bytes, stats=stats))
+    dt = time.perf_counter() - t0
+    return {"sync/gb": stats.get("bytes", 0) / 1e9, "sync/buckets": stats.get("buckets", 0),
+            "sync/gb_per_s": stats.get("bytes", 0) / 1e9 / max(dt, 1e-9)}

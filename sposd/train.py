@@ -1,0 +1,287 @@
+"""`sposd train`: the RL / self-distillation loop, read top to bottom.
+
+    prompts -> vLLM group rollouts -> math-verify rewards -> algorithm (advantages, filters)
+            -> DeepSpeed learner step -> stream weights into vLLM -> log
+
+Every rank runs this same loop on its own share of the prompts, with its own in-process vLLM engine; the
+learner's ZeRO-3 collectives and a few scalar all-reduces keep the ranks in step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from sposd import dist as sdist
+from sposd.config import TrainCfg
+from sposd.learner.batching import LearnerSample
+from sposd.logging import MetricsLogger, redact_secrets, write_atomic, write_jsonl
+from sposd.rollout.base import SamplingCfg
+from sposd.types import RolloutGroup
+
+
+class UserError(ValueError):
+    """A problem the user can fix (bad path, malformed data): reported as one line, no stack trace."""
+
+
+# ---- setup helpers ---------------------------------------------------------------------------------------
+def resolve_model_path(cfg: TrainCfg, *, rank: int) -> str:
+    """'builtin' -> build + warm-start (cached) the embedded tiny model; a local dir must exist; else a hub id."""
+    m = cfg.model
+    if m.path == "builtin":
+        from sposd.models.warmstart import ensure_toy_model
+
+        cache = Path(cfg.cache_dir).expanduser() / "toy_models"
+        b, d = m.builtin, cfg.data
+        knobs = dict(hidden_size=b.hidden_size, num_layers=b.num_layers, num_heads=b.num_heads,
+                     num_kv_heads=b.num_kv_heads, intermediate_size=b.intermediate_size, steps=b.warmstart_steps,
+                     lr=b.warmstart_lr, batch_size=b.warmstart_batch_size, privileged_frac=b.privileged_frac,
+                     seed=b.seed, max_operand=d.max_operand, min_terms=d.min_terms, max_terms=d.max_terms)
+        if rank == 0:
+            path = ensure_toy_model(cache, **knobs)
+        sdist.barrier()
+        if rank != 0:
+            path = ensure_toy_model(cache, **knobs)  # cache hit: rank 0 just built it
+        return str(path)
+    p = Path(m.path).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise UserError(f"model.path={m.path!r} is a directory without config.json (not a Hugging Face model)")
+        return str(p)
+    if m.path.startswith((".", "/", "~")) or m.path.count("/") != 1:
+        raise UserError(f"model.path={m.path!r} does not exist (give a local HF-format dir or a hub id owner/name)")
+    return m.path
+
+
+def load_data(cfg: TrainCfg) -> tuple[list[dict], list[dict]]:
+    """Training records and held-out records (held-out only for the toy task)."""
+    from sposd.data.sources import load_records
+
+    d = cfg.data
+    try:
+        train = load_records(kind=d.kind, path=d.path, hf_id=d.hf_id, split=d.split, fields=dict(d.fields),
+                             limit=d.limit, seed=cfg.seed, max_operand=d.max_operand, min_terms=d.min_terms,
+                             max_terms=d.max_terms)
+        heldout = []
+        if d.kind == "toy" and cfg.heldout_eval:
+            heldout = load_records(kind="toy", split="heldout", limit=d.num_heldout, seed=cfg.seed,
+                                   max_operand=d.max_operand, min_terms=d.min_terms, max_terms=d.max_terms)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from e
+    if not train:
+        raise UserError(f"data={d.name} produced no training records")
+    return train, heldout
+
+
+class PromptSampler:
+    """Endless shuffled pass over the records; each rank takes every world-th prompt of each batch."""
+
+    def __init__(self, records: list[dict], *, seed: int, rank: int, world: int):
+        self.records, self.rng, self.rank, self.world = records, random.Random(seed), rank, world
+        self.order: list[int] = []
+
+    def next(self, n: int) -> list[dict]:
+        batch = []
+        while len(batch) < n:
+            if not self.order:
+                self.order = list(range(len(self.records)))
+                self.rng.shuffle(self.order)
+            batch.append(self.records[self.order.pop()])
+        return batch[self.rank :: self.world]
+
+
+def grade(groups: list[RolloutGroup], verifier) -> None:
+    """Set Completion.correct from the verifier (one pooled call for the whole batch)."""
+    pairs = [(c.text, g.prompt.answer) for g in groups for c in g.completions]
+    verdicts = verifier.grade(pairs) if pairs else []
+    it = iter(verdicts)
+    for g in groups:
+        for c in g.completions:
+            c.correct = bool(next(it))
+
+
+def heldout_accuracy(engine, prompts, verifier, *, n: int, sampling: SamplingCfg) -> float:
+    """Sampled accuracy (n samples per held-out problem), averaged over all ranks' shares."""
+    groups = engine.generate(prompts, n=n, sampling=sampling)
+    grade(groups, verifier)
+    correct = sum(c.correct for g in groups for c in g.completions)
+    total = sum(len(g.completions) for g in groups)
+    c, t = sdist.all_reduce([correct, total])
+    return c / max(t, 1)
+
+
+# ---- the loop ----------------------------------------------------------------------------------------------
+def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None) -> dict:
+    """Run `cfg.num_steps` RL steps; returns a summary (base / trained held-out accuracy, final path)."""
+    from transformers import AutoTokenizer
+
+    from sposd.algos import get_algo
+    from sposd.data.templates import make_prompt
+    from sposd.learner.engine import DeepSpeedLearner
+    from sposd.rewards import VerifierPool
+    from sposd.rollout.vllm_engine import VLLMEngine
+    from sposd.sync.weights import push_weights
+
+    hw = cfg.hardware
+    if hw.num_threads:
+        torch.set_num_threads(hw.num_threads)
+    rank, world = sdist.init_distributed(hw.device)
+    is_main = rank == 0
+    random.seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_main and resolved_config is not None:
+        import yaml
+
+        write_atomic(run_dir / "config.yaml", yaml.safe_dump(redact_secrets(resolved_config), sort_keys=False))
+
+    model_path = resolve_model_path(cfg, rank=rank)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
+    except OSError as e:
+        raise UserError(f"model.path={cfg.model.path!r}: cannot load a tokenizer ({e})") from e
+    train_records, heldout_records = load_data(cfg)
+
+    def to_prompt(rec: dict):
+        return make_prompt(rec, tokenizer, instruction=cfg.data.instruction, enable_thinking=cfg.model.enable_thinking)
+
+    algo = get_algo(cfg.algo.name)(cfg.algo)
+    max_new = cfg.model.max_new_tokens
+    sampling = SamplingCfg(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+                           max_new_tokens=max_new)
+    engine = VLLMEngine(model_path, dtype=cfg.model.dtype, max_model_len=cfg.model.max_prompt_len + max_new,
+                        seed=cfg.seed * 1000 + rank, device=hw.device, kv_cache_gb=hw.vllm_kv_cache_gb,
+                        gpu_memory_utilization=hw.vllm_gpu_memory_utilization, enforce_eager=hw.vllm_enforce_eager,
+                        tensor_parallel_size=hw.vllm_tp, enable_sleep_mode=hw.vllm_sleep,
+                        trust_remote_code=cfg.model.trust_remote_code)
+    learner = DeepSpeedLearner(
+        model_path, algo=algo, optim=cfg.optim, total_steps=cfg.num_steps * cfg.algo.ppo_epochs * cfg.algo.num_minibatches,
+        device=hw.device, dtype=cfg.model.dtype, zero_stage=hw.zero_stage, micro_batch_tokens=hw.micro_batch_tokens,
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        loss_temperature=cfg.rollout.temperature, gradient_checkpointing=cfg.model.gradient_checkpointing,
+        trust_remote_code=cfg.model.trust_remote_code, offload_optimizer=hw.offload_optimizer,
+        offload_params=hw.offload_params)
+    verifier = VerifierPool()
+    logger = MetricsLogger(run_dir, enabled=is_main,
+                           wandb_cfg=asdict(cfg.logger) if cfg.logger.wandb else None, config=resolved_config)
+    sampler = PromptSampler(train_records, seed=cfg.seed, rank=rank, world=world)
+    heldout_prompts = [to_prompt(r) for r in heldout_records[rank::world]]
+    summary: dict = {"run_dir": str(run_dir)}
+
+    try:
+        if heldout_prompts:
+            summary["base_accuracy"] = heldout_accuracy(engine, heldout_prompts, verifier, n=cfg.heldout_samples,
+                                                        sampling=sampling)
+        bar = _progress(cfg.num_steps, enabled=is_main and cfg.logger.console)
+        for step in range(1, cfg.num_steps + 1):
+            t_step = time.perf_counter()
+
+            # 1. rollouts: G completions per prompt from the current weights (+ DAPO-style refills)
+            t0 = time.perf_counter()
+            kept: list[RolloutGroup] = []
+            all_groups: list[RolloutGroup] = []
+            t_verify = 0.0
+            for _ in range(cfg.algo.max_gen_batches if cfg.algo.dynamic_sampling else 1):
+                groups = engine.generate([to_prompt(r) for r in sampler.next(cfg.prompts_per_step)],
+                                         n=cfg.algo.group_size, sampling=sampling)
+                tv = time.perf_counter()
+                grade(groups, verifier)                                   # 2. verify
+                t_verify += time.perf_counter() - tv
+                algo.shape_rewards(groups, max_new_tokens=max_new)
+                all_groups += groups
+                kept += algo.filter_groups(groups)                        # 3. keep informative groups
+                if len(kept) * world >= cfg.prompts_per_step:
+                    break
+            kept = kept[: max(1, cfg.prompts_per_step // world)] if kept else []
+            t_rollout = time.perf_counter() - t0 - t_verify
+
+            # 4. algorithm: advantages and per-sample loss weights -> learner samples
+            advs, weights = algo.advantages(kept), algo.loss_mask_weight(kept)
+            comps = [(g, c) for g in kept for c in g.completions]
+            samples = [LearnerSample(prompt_ids=g.prompt.prompt_ids, completion_ids=c.token_ids, adv=a,
+                                     loss_weight=w, rollout_logprobs=c.logprobs)
+                       for (g, c), a, w in zip(comps, advs, weights, strict=True)]
+
+            # 5. learner step (DeepSpeed ZeRO-3)
+            t0 = time.perf_counter()
+            engine.sleep()
+            learn_m = learner.train_step(samples, max_len=max_new)
+            t_learn = time.perf_counter() - t0
+
+            # 6. weight sync: vLLM must sample the next batch from the weights just trained
+            t0 = time.perf_counter()
+            engine.wake_up()
+            sync_m = push_weights(learner.module, engine)
+            t_sync = time.perf_counter() - t0
+
+            # 7. log
+            metrics = {**_rollout_metrics(all_groups, kept, max_new), **learn_m, **sync_m}
+            metrics.update({"time/rollout_s": t_rollout, "time/verify_s": t_verify, "time/learn_s": t_learn,
+                            "time/sync_s": t_sync, "time/step_s": time.perf_counter() - t_step})
+            logger.log(step, metrics)
+            if cfg.save_samples_every and (step % cfg.save_samples_every == 0 or step == 1):
+                _save_samples(run_dir, step, kept or all_groups, advs if kept else None, is_main=is_main)
+            if bar is not None:
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", loss=f"{metrics.get('loss/total', 0):.4f}",
+                                step_s=f"{metrics['time/step_s']:.2f}")
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+
+        if heldout_prompts:
+            summary["trained_accuracy"] = heldout_accuracy(engine, heldout_prompts, verifier,
+                                                           n=cfg.heldout_samples, sampling=sampling)
+        if cfg.save_final:
+            final = learner.save_hf(run_dir / "final", tokenizer=tokenizer)
+            if final is not None:
+                summary["final"] = str(final)
+        if is_main:
+            write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    finally:
+        logger.close()
+        verifier.close()
+        engine.close()
+    return summary
+
+
+def _progress(total: int, *, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _rollout_metrics(all_groups: list[RolloutGroup], kept: list[RolloutGroup], max_new: int) -> dict[str, float]:
+    """Batch statistics summed over ranks (then divided), so every rank logs the same global numbers."""
+    comps = [c for g in all_groups for c in g.completions]
+    kcomps = [c for g in kept for c in g.completions]
+    sums = sdist.all_reduce([
+        sum(c.reward for c in kcomps), len(kcomps), sum(c.correct for c in comps), len(comps),
+        sum(len(c.token_ids) for c in comps), sum(c.truncated for c in comps),
+        sum(g.is_mixed for g in all_groups), len(all_groups), len(kept),
+    ])
+    r, nk, acc, n, toks, trunc, mixed, ng, nkept = sums
+    return {"reward/mean": r / max(nk, 1), "reward/accuracy": acc / max(n, 1),
+            "response/mean_len": toks / max(n, 1), "response/trunc_frac": trunc / max(n, 1),
+            "groups/mixed_frac": mixed / max(ng, 1), "groups/kept": nkept, "groups/generated": ng}
+
+
+def _save_samples(run_dir: Path, step: int, groups: list[RolloutGroup], advs, *, is_main: bool) -> None:
+    rows = []
+    it = iter(advs) if advs is not None else None
+    for g in groups:
+        for c in g.completions:
+            rows.append({"step": step, "id": g.prompt.id, "problem": g.prompt.problem, "answer": g.prompt.answer,
+                         "completion": c.text, "reward": c.reward, "correct": c.correct,
+                         "truncated": c.truncated, "num_tokens": len(c.token_ids),
+                         "advantage": next(it) if it is not None else None})
+    gathered = sdist.all_gather_objects(rows)
+    if is_main:
+        write_jsonl(run_dir / "samples" / f"step_{step}.jsonl", [r for part in gathered for r in part])
