@@ -1,0 +1,88 @@
+import pytest
+
+from sposd.algos import base
+from sposd.algos.base import Algorithm, get_algo, register_algo
+from sposd.algos.config import AlgoCfg
+from sposd.algos.grpo import GroupRelativePO
+from sposd.types import Completion, Prompt, RolloutGroup
+
+
+def _group(correct, lengths=None, finish=None):
+    lengths = lengths or [3] * len(correct)
+    finish = finish or ["stop"] * len(correct)
+    comps = [
+        Completion(token_ids=list(range(n)), text="", correct=c, finish_reason=f)
+        for c, n, f in zip(correct, lengths, finish, strict=True)
+    ]
+    return RolloutGroup(prompt=Prompt(id="p", problem="", prompt_ids=[1], answer="1"), completions=comps)
+
+
+def test_registry_resolves_all_grpo_family_names():
+    assert {get_algo(n) for n in ("grpo", "dapo", "dr_grpo")} == {GroupRelativePO}
+
+
+def test_unknown_name_lists_choices():
+    with pytest.raises(ValueError, match=r"unknown algo 'ppo'.*dapo.*dr_grpo.*grpo"):
+        get_algo("ppo")
+
+
+def test_duplicate_registration_rejected(monkeypatch):
+    monkeypatch.setattr(base, "ALGOS", {})
+    register_algo("x")(GroupRelativePO)
+    with pytest.raises(ValueError, match="already registered by GroupRelativePO"):
+        register_algo("x")(Algorithm)
+
+
+def test_base_class_needs_terms():
+    with pytest.raises(NotImplementedError):
+        Algorithm(AlgoCfg())
+
+
+def test_shape_rewards_binary_plus_overlong():
+    # max_new_tokens 10, overlong_buffer 4 -> free up to 6 tokens, then (6 - L) / 4, -1 at 10
+    algo = GroupRelativePO(AlgoCfg(overlong_buffer=4))
+    g = _group([True, True, False, False], lengths=[5, 8, 8, 10])
+    algo.shape_rewards([g], max_new_tokens=10)
+    assert g.rewards == pytest.approx([1.0, 1.0 - 0.5, -0.5, -1.0])
+
+
+def test_shape_rewards_without_buffer_is_binary():
+    g = _group([True, False], lengths=[10, 10])
+    GroupRelativePO(AlgoCfg()).shape_rewards([g], max_new_tokens=10)
+    assert g.rewards == [1.0, 0.0]
+
+
+def test_overlong_buffer_larger_than_budget_raises():
+    with pytest.raises(ValueError, match="cache_len"):
+        GroupRelativePO(AlgoCfg(overlong_buffer=16)).shape_rewards([_group([True])], max_new_tokens=8)
+
+
+def test_dynamic_sampling_keeps_only_mixed_groups():
+    solved, failed, mixed = _group([True, True]), _group([False, False]), _group([True, False])
+    groups = [solved, mixed, failed]
+    assert GroupRelativePO(AlgoCfg(dynamic_sampling=True)).filter_groups(groups) == [mixed]
+    assert GroupRelativePO(AlgoCfg()).filter_groups(groups) == groups
+
+
+def test_dynamic_sampling_judges_correctness_not_shaped_reward():
+    # both correct, one overlong: rewards differ (1.0 vs 0.0) but the group is solved, so it is dropped
+    algo = GroupRelativePO(AlgoCfg(dynamic_sampling=True, overlong_buffer=4))
+    g = _group([True, True], lengths=[2, 10])
+    algo.shape_rewards([g], max_new_tokens=10)
+    assert g.rewards == [1.0, 0.0] and algo.filter_groups([g]) == []
+
+
+def test_advantages_flat_in_group_order():
+    # group 1: r = [1, 0] -> mean 0.5, std sqrt(0.5) -> +-0.5 / 0.7071 = +-0.7071; group 2: r = [0, 0, 0] -> 0
+    algo = GroupRelativePO(AlgoCfg())
+    groups = [_group([True, False]), _group([False, False, False])]
+    algo.shape_rewards(groups, max_new_tokens=10)
+    assert algo.advantages(groups) == pytest.approx([0.5**0.5, -(0.5**0.5), 0.0, 0.0, 0.0], rel=1e-5)
+    dr = GroupRelativePO(AlgoCfg(adv_std_norm=False))
+    assert dr.advantages(groups) == pytest.approx([0.5, -0.5, 0.0, 0.0, 0.0])
+
+
+def test_mask_truncated():
+    groups = [_group([True, False], finish=["stop", "length"]), _group([False], finish=["length"])]
+    assert GroupRelativePO(AlgoCfg(mask_truncated=True)).loss_mask_weight(groups) == [1.0, 0.0, 0.0]
+    assert GroupRelativePO(AlgoCfg()).loss_mask_weight(groups) == [1.0, 1.0, 1.0]
