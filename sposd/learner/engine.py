@@ -178,8 +178,9 @@ class DeepSpeedLearner:
     def _optimizer_step(self, samples, old, ref, max_len, Normalizer, PolicyBatch) -> dict[str, float]:
         plan = plan_micro_batches([(len(s.prompt_ids), len(s.completion_ids)) for s in samples],
                                   self.micro_batch_tokens)
-        n_tok = sum(len(s.completion_ids) for s in samples if s.loss_weight > 0)
-        tot_tok, tot_seq, n_max = sdist.all_reduce([n_tok, len(samples)], op="sum") + \
+        kept = [s for s in samples if s.loss_weight > 0]  # masked rows add nothing, so they must not count
+        n_tok = sum(len(s.completion_ids) for s in kept)
+        tot_tok, tot_seq, n_max = sdist.all_reduce([n_tok, len(kept)], op="sum") + \
             sdist.all_reduce([len(plan)], op="max")
         norm = Normalizer(num_tokens=max(tot_tok, 1.0), num_seqs=max(tot_seq, 1.0),
                           max_len=int(self.algo.cfg.loss_scale_len or max_len))

@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""Step-time breakdown of a training run (default: the embedded default): rollout / learn / sync / other.
+
+Runs `sposd train` in-process with the given Hydra overrides, then reads the run's metrics.jsonl and prints the
+mean share of each phase over the steps after the first (warm-up). "other" is everything not in rollout,
+learn or sync: verification, advantage computation, collation, logging.
+
+    python scripts/bench_step.py                         # embedded default, 20 steps
+    python scripts/bench_step.py num_steps=30 algo=dapo --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides for `sposd train`")
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = ap.parse_args()
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from sposd.config import register_configs, register_resolvers, to_object
+    from sposd.train import train
+
+    register_resolvers()
+    register_configs()
+    overrides = ["num_steps=20", "heldout_eval=false", "save_final=false", *args.overrides]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    tcfg = to_object(cfg)
+    run_dir = Path(tempfile.mkdtemp(prefix="bench_step_"))
+    train(tcfg, run_dir, resolved_config=OmegaConf.to_container(cfg, resolve=True))
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
+    if not rows:
+        sys.exit("need at least 2 steps")
+    mean = {k: statistics.mean(r[k] for r in rows) for k in
+            ("time/step_s", "time/rollout_s", "time/learn_s", "time/sync_s", "time/verify_s")}
+    step = mean["time/step_s"]
+    out = {
+        "step_s": step,
+        "rollout_frac": mean["time/rollout_s"] / step,
+        "learn_frac": mean["time/learn_s"] / step,
+        "sync_frac": mean["time/sync_s"] / step,
+        "verify_frac": mean["time/verify_s"] / step,
+        "steps_measured": len(rows),
+        "overrides": overrides,
+    }
+    out["other_frac"] = 1.0 - out["rollout_frac"] - out["learn_frac"] - out["sync_frac"]
+    print(f"\nstep time (mean over {len(rows)} steps after the first): {step:.3f} s")
+    for k in ("rollout", "learn", "sync", "other"):
+        print(f"  {k:<8} {out[k + '_frac'] * 100:5.1f}%  {out[k + '_frac'] * step:.3f} s")
+    print(f"  (other includes verify: {out['verify_frac'] * 100:.1f}%)")
+    if args.json:
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Config composition: every experiment composes and validates; typos and bad values fail with one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from sposd.config import TrainCfg, register_configs, register_resolvers, to_object
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+register_resolvers()
+register_configs()
+
+
+def _compose(*overrides: str) -> TrainCfg:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return to_object(compose("train", overrides=list(overrides)))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_experiment_composes(name):
+    assert isinstance(_compose(f"experiment={name}"), TrainCfg)
+
+
+@pytest.mark.parametrize("group", ["model", "algo", "data", "hardware", "logger"])
+def test_every_option_composes(group):
+    for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
+        extra = ["data.path=/tmp/x.jsonl"] if (group, option) == ("data", "local") else []
+        cfg = _compose(f"{group}={option}", *extra)
+        assert getattr(cfg, group).name == option
+
+
+def test_embedded_default_is_tiny_toy_on_cpu():
+    cfg = _compose()
+    assert (cfg.model.path, cfg.data.kind, cfg.algo.name) == ("builtin", "toy", "grpo")
+    assert cfg.hardware.device == ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+
+
+def test_real_model_implies_math_data_but_cli_data_wins():
+    cfg = _compose("model=qwen3-8b", "hardware=gpu8")
+    assert cfg.data.hf_id == "siyanzhao/Openthoughts_math_30k_opsd"
+    assert (cfg.model.path, cfg.model.dtype, cfg.hardware.nproc) == ("Qwen/Qwen3-8B", "bfloat16", 8)
+    assert _compose("model=qwen3-8b", "data=dapo_math").data.name == "dapo_math"
+
+
+def test_algo_presets_differ_as_the_papers_say():
+    dapo, dr = _compose("algo=dapo").algo, _compose("algo=dr_grpo").algo
+    assert (dapo.clip_high, dapo.loss_agg, dapo.dynamic_sampling) == (0.28, "token-mean", True)
+    assert (dr.adv_std_norm, dr.loss_agg) == (False, "seq-mean-token-sum-norm")
+
+
+def test_invalid_value_names_the_key():
+    with pytest.raises(ValueError, match="optim.schedule"):
+        _compose("optim.schedule=exponential")
+    with pytest.raises(ValueError, match="prompts_per_step"):
+        _compose("hardware=cpu2", "prompts_per_step=3")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sposd", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_typo_exits_nonzero_naming_the_key():
+    r = _cli("train", "algo.clip_hgih=0.3")
+    assert r.returncode != 0
+    assert "clip_hgih" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_bad_value_is_one_line():
+    r = _cli("train", "rollout.temperature=-1")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["sposd: error: rollout.temperature must be > 0, got -1.0"]
+
+
+def test_cli_unknown_group_option_lists_choices():
+    r = _cli("train", "algo=grpoo")
+    assert r.returncode != 0 and "grpoo" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_help_and_cfg_job():
+    assert "train" in _cli("--help").stdout
+    assert "Config groups" in _cli("train", "--help").stdout
+    r = _cli("train", "algo=grpo", "model=qwen3-8b", "hardware=gpu8", "--cfg", "job")
+    assert r.returncode == 0, r.stderr
+    job = OmegaConf.create(r.stdout)
+    assert job.model.path == "Qwen/Qwen3-8B" and job.hardware.nproc == 8
+
+
+def test_cli_missing_model_path_is_one_line(tmp_path):
+    r = _cli("train", f"model.path={tmp_path}/nope", f"hydra.run.dir={tmp_path}/run", "num_steps=1")
+    assert r.returncode == 2
+    assert "model.path" in r.stderr and "does not exist" in r.stderr and "Traceback" not in r.stderr
