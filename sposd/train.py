@@ -117,8 +117,15 @@ def heldout_accuracy(engine, prompts, verifier, *, n: int, sampling: SamplingCfg
 
 
 # ---- the loop ----------------------------------------------------------------------------------------------
-def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None) -> dict:
-    """Run `cfg.num_steps` RL steps; returns a summary (base / trained held-out accuracy, final path)."""
+def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, engine=None, learner=None) -> dict:
+    """Run `cfg.num_steps` RL steps; returns a summary (base / trained held-out accuracy, final path).
+
+    Args:
+        cfg: the validated config.
+        run_dir: where the run-directory contract is written.
+        resolved_config: the resolved config as a plain dict, saved as config.yaml.
+        engine, learner: injected components (unit tests use a scripted engine); built from cfg when None.
+    """
     from transformers import AutoTokenizer
 
     from sposd.algos import get_algo
@@ -155,12 +162,12 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None) 
     max_new = cfg.model.max_new_tokens
     sampling = SamplingCfg(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
                            max_new_tokens=max_new)
-    engine = VLLMEngine(model_path, dtype=cfg.model.dtype, max_model_len=cfg.model.max_prompt_len + max_new,
+    engine = engine or VLLMEngine(model_path, dtype=cfg.model.dtype, max_model_len=cfg.model.max_prompt_len + max_new,
                         seed=cfg.seed * 1000 + rank, device=hw.device, kv_cache_gb=hw.vllm_kv_cache_gb,
                         gpu_memory_utilization=hw.vllm_gpu_memory_utilization, enforce_eager=hw.vllm_enforce_eager,
                         tensor_parallel_size=hw.vllm_tp, enable_sleep_mode=hw.vllm_sleep,
                         trust_remote_code=cfg.model.trust_remote_code)
-    learner = DeepSpeedLearner(
+    learner = learner or DeepSpeedLearner(
         model_path, algo=algo, optim=cfg.optim, total_steps=cfg.num_steps * cfg.algo.ppo_epochs * cfg.algo.num_minibatches,
         device=hw.device, dtype=cfg.model.dtype, zero_stage=hw.zero_stage, micro_batch_tokens=hw.micro_batch_tokens,
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
