@@ -45,8 +45,10 @@ def main() -> None:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
     if not rows:
         sys.exit("need at least 2 steps")
-    mean = {k: statistics.mean(r[k] for r in rows) for k in
-            ("time/step_s", "time/rollout_s", "time/learn_s", "time/sync_s", "time/verify_s")}
+    mean = {
+        k: statistics.mean(r[k] for r in rows)
+        for k in ("time/step_s", "time/rollout_s", "time/learn_s", "time/sync_s", "time/verify_s")
+    }
     step = mean["time/step_s"]
     out = {
         "step_s": step,

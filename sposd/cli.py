@@ -39,9 +39,21 @@ def _relaunch_ranks(nproc: int, run_dir: str) -> None:
     from sposd.dist import free_port
 
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.")]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={free_port()}", "-m", "sposd", "train", *overrides,
-           f"hydra.run.dir={run_dir}", "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+        "-m",
+        "sposd",
+        "train",
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+        "hydra.output_subdir=null",
+        "hydra/job_logging=none",
+        "hydra/hydra_logging=none",
+    ]
     rc = subprocess.call(cmd, env={**os.environ, "SPOSD_CHILD_RANK": "1"})
     if rc:
         sys.exit(rc)
@@ -84,8 +96,10 @@ def _train_app() -> None:
 def _print_summary(summary: dict) -> None:
     print(f"\nrun directory: {summary['run_dir']}")
     if "base_accuracy" in summary:
-        print(f"held-out accuracy  base: {summary['base_accuracy']:.3f}   trained: "
-              f"{summary.get('trained_accuracy', float('nan')):.3f}")
+        print(
+            f"held-out accuracy  base: {summary['base_accuracy']:.3f}   trained: "
+            f"{summary.get('trained_accuracy', float('nan')):.3f}"
+        )
     if "final" in summary:
         print(f"final model (HF format): {summary['final']}")
 

@@ -8,7 +8,7 @@ ConfigStore so YAML files start with ``defaults: [base_<group>, _self_]`` and a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -67,12 +67,12 @@ class DataCfg:
 
     name: str = MISSING
     kind: str = MISSING
-    path: Optional[str] = None
-    hf_id: Optional[str] = None
+    path: str | None = None
+    hf_id: str | None = None
     split: str = "train"
     fields: dict[str, str] = field(default_factory=dict)
     instruction: str = "Please reason step by step, and put your final answer within \\boxed{}."
-    limit: Optional[int] = None
+    limit: int | None = None
     num_heldout: int = 200
     max_operand: int = 19
     min_terms: int = 2
@@ -86,7 +86,9 @@ class DataCfg:
             raise ValueError("data.kind=hf needs data.hf_id=<owner/name>")
         bad = set(self.fields) - {"id", "problem", "answer", "solution"}
         if bad:
-            raise ValueError(f"data.fields has unknown keys {sorted(bad)}; valid: ['answer', 'id', 'problem', 'solution']")
+            raise ValueError(
+                f"data.fields has unknown keys {sorted(bad)}; valid: ['answer', 'id', 'problem', 'solution']"
+            )
 
 
 @dataclass(kw_only=True)
@@ -113,7 +115,9 @@ class HardwareCfg:
         _check_positive("hardware.nproc", self.nproc)
         _check_positive("hardware.micro_batch_tokens", self.micro_batch_tokens)
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
-            raise ValueError(f"hardware.vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
+            raise ValueError(
+                f"hardware.vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}"
+            )
 
 
 @dataclass(kw_only=True)
@@ -124,8 +128,8 @@ class LoggerCfg:
     console: bool = True
     wandb: bool = False
     project: str = "sposd"
-    entity: Optional[str] = None
-    group: Optional[str] = None
+    entity: str | None = None
+    group: str | None = None
     tags: list[str] = field(default_factory=list)
     mode: str = "online"
 
@@ -203,8 +207,13 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="base_train", node=TrainCfg)
-    for group, node in (("model", ModelCfg), ("algo", AlgoCfg), ("data", DataCfg), ("hardware", HardwareCfg),
-                        ("logger", LoggerCfg)):
+    for group, node in (
+        ("model", ModelCfg),
+        ("algo", AlgoCfg),
+        ("data", DataCfg),
+        ("hardware", HardwareCfg),
+        ("logger", LoggerCfg),
+    ):
         cs.store(group=group, name=f"base_{group}", node=node)
 
 

@@ -52,9 +52,13 @@ class MetricsLogger:
             import wandb
 
             self._wandb = wandb.init(
-                project=wandb_cfg["project"], entity=wandb_cfg.get("entity"), group=wandb_cfg.get("group"),
-                tags=list(wandb_cfg.get("tags") or []), mode=wandb_cfg.get("mode", "online"),
-                dir=str(run_dir), config=redact_secrets(config or {}),
+                project=wandb_cfg["project"],
+                entity=wandb_cfg.get("entity"),
+                group=wandb_cfg.get("group"),
+                tags=list(wandb_cfg.get("tags") or []),
+                mode=wandb_cfg.get("mode", "online"),
+                dir=str(run_dir),
+                config=redact_secrets(config or {}),
             )
 
     def log(self, step: int, metrics: dict[str, float]) -> None:

@@ -10,7 +10,6 @@ learner's ZeRO-3 collectives and a few scalar all-reduces keep the ranks in step
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from dataclasses import asdict
@@ -39,10 +38,21 @@ def resolve_model_path(cfg: TrainCfg, *, rank: int) -> str:
 
         cache = Path(cfg.cache_dir).expanduser() / "toy_models"
         b, d = m.builtin, cfg.data
-        knobs = dict(hidden_size=b.hidden_size, num_layers=b.num_layers, num_heads=b.num_heads,
-                     num_kv_heads=b.num_kv_heads, intermediate_size=b.intermediate_size, steps=b.warmstart_steps,
-                     lr=b.warmstart_lr, batch_size=b.warmstart_batch_size, privileged_frac=b.privileged_frac,
-                     seed=b.seed, max_operand=d.max_operand, min_terms=d.min_terms, max_terms=d.max_terms)
+        knobs = dict(
+            hidden_size=b.hidden_size,
+            num_layers=b.num_layers,
+            num_heads=b.num_heads,
+            num_kv_heads=b.num_kv_heads,
+            intermediate_size=b.intermediate_size,
+            steps=b.warmstart_steps,
+            lr=b.warmstart_lr,
+            batch_size=b.warmstart_batch_size,
+            privileged_frac=b.privileged_frac,
+            seed=b.seed,
+            max_operand=d.max_operand,
+            min_terms=d.min_terms,
+            max_terms=d.max_terms,
+        )
         if rank == 0:
             path = ensure_toy_model(cache, **knobs)
         sdist.barrier()
@@ -65,13 +75,29 @@ def load_data(cfg: TrainCfg) -> tuple[list[dict], list[dict]]:
 
     d = cfg.data
     try:
-        train = load_records(kind=d.kind, path=d.path, hf_id=d.hf_id, split=d.split, fields=dict(d.fields),
-                             limit=d.limit, seed=cfg.seed, max_operand=d.max_operand, min_terms=d.min_terms,
-                             max_terms=d.max_terms)
+        train = load_records(
+            kind=d.kind,
+            path=d.path,
+            hf_id=d.hf_id,
+            split=d.split,
+            fields=dict(d.fields),
+            limit=d.limit,
+            seed=cfg.seed,
+            max_operand=d.max_operand,
+            min_terms=d.min_terms,
+            max_terms=d.max_terms,
+        )
         heldout = []
         if d.kind == "toy" and cfg.heldout_eval:
-            heldout = load_records(kind="toy", split="heldout", limit=d.num_heldout, seed=cfg.seed,
-                                   max_operand=d.max_operand, min_terms=d.min_terms, max_terms=d.max_terms)
+            heldout = load_records(
+                kind="toy",
+                split="heldout",
+                limit=d.num_heldout,
+                seed=cfg.seed,
+                max_operand=d.max_operand,
+                min_terms=d.min_terms,
+                max_terms=d.max_terms,
+            )
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from e
     if not train:
@@ -160,31 +186,51 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
 
     algo = get_algo(cfg.algo.name)(cfg.algo)
     max_new = cfg.model.max_new_tokens
-    sampling = SamplingCfg(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-                           max_new_tokens=max_new)
-    engine = engine or VLLMEngine(model_path, dtype=cfg.model.dtype, max_model_len=cfg.model.max_prompt_len + max_new,
-                        seed=cfg.seed * 1000 + rank, device=hw.device, kv_cache_gb=hw.vllm_kv_cache_gb,
-                        gpu_memory_utilization=hw.vllm_gpu_memory_utilization, enforce_eager=hw.vllm_enforce_eager,
-                        tensor_parallel_size=hw.vllm_tp, enable_sleep_mode=hw.vllm_sleep,
-                        trust_remote_code=cfg.model.trust_remote_code)
+    sampling = SamplingCfg(
+        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, max_new_tokens=max_new
+    )
+    engine = engine or VLLMEngine(
+        model_path,
+        dtype=cfg.model.dtype,
+        max_model_len=cfg.model.max_prompt_len + max_new,
+        seed=cfg.seed * 1000 + rank,
+        device=hw.device,
+        kv_cache_gb=hw.vllm_kv_cache_gb,
+        gpu_memory_utilization=hw.vllm_gpu_memory_utilization,
+        enforce_eager=hw.vllm_enforce_eager,
+        tensor_parallel_size=hw.vllm_tp,
+        enable_sleep_mode=hw.vllm_sleep,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
     learner = learner or DeepSpeedLearner(
-        model_path, algo=algo, optim=cfg.optim, total_steps=cfg.num_steps * cfg.algo.ppo_epochs * cfg.algo.num_minibatches,
-        device=hw.device, dtype=cfg.model.dtype, zero_stage=hw.zero_stage, micro_batch_tokens=hw.micro_batch_tokens,
+        model_path,
+        algo=algo,
+        optim=cfg.optim,
+        total_steps=cfg.num_steps * cfg.algo.ppo_epochs * cfg.algo.num_minibatches,
+        device=hw.device,
+        dtype=cfg.model.dtype,
+        zero_stage=hw.zero_stage,
+        micro_batch_tokens=hw.micro_batch_tokens,
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        loss_temperature=cfg.rollout.temperature, gradient_checkpointing=cfg.model.gradient_checkpointing,
-        trust_remote_code=cfg.model.trust_remote_code, offload_optimizer=hw.offload_optimizer,
-        offload_params=hw.offload_params)
+        loss_temperature=cfg.rollout.temperature,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+        trust_remote_code=cfg.model.trust_remote_code,
+        offload_optimizer=hw.offload_optimizer,
+        offload_params=hw.offload_params,
+    )
     verifier = VerifierPool()
-    logger = MetricsLogger(run_dir, enabled=is_main,
-                           wandb_cfg=asdict(cfg.logger) if cfg.logger.wandb else None, config=resolved_config)
+    logger = MetricsLogger(
+        run_dir, enabled=is_main, wandb_cfg=asdict(cfg.logger) if cfg.logger.wandb else None, config=resolved_config
+    )
     sampler = PromptSampler(train_records, seed=cfg.seed, rank=rank, world=world)
     heldout_prompts = [to_prompt(r) for r in heldout_records[rank::world]]
     summary: dict = {"run_dir": str(run_dir)}
 
     try:
         if heldout_prompts:
-            summary["base_accuracy"] = heldout_accuracy(engine, heldout_prompts, verifier, n=cfg.heldout_samples,
-                                                        sampling=sampling)
+            summary["base_accuracy"] = heldout_accuracy(
+                engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=sampling
+            )
         bar = _progress(cfg.num_steps, enabled=is_main and cfg.logger.console)
         for step in range(1, cfg.num_steps + 1):
             t_step = time.perf_counter()
@@ -195,14 +241,15 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
             all_groups: list[RolloutGroup] = []
             t_verify = 0.0
             for _ in range(cfg.algo.max_gen_batches if cfg.algo.dynamic_sampling else 1):
-                groups = engine.generate([to_prompt(r) for r in sampler.next(cfg.prompts_per_step)],
-                                         n=cfg.algo.group_size, sampling=sampling)
+                groups = engine.generate(
+                    [to_prompt(r) for r in sampler.next(cfg.prompts_per_step)], n=cfg.algo.group_size, sampling=sampling
+                )
                 tv = time.perf_counter()
-                grade(groups, verifier)                                   # 2. verify
+                grade(groups, verifier)  # 2. verify
                 t_verify += time.perf_counter() - tv
                 algo.shape_rewards(groups, max_new_tokens=max_new)
                 all_groups += groups
-                kept += algo.filter_groups(groups)                        # 3. keep informative groups
+                kept += algo.filter_groups(groups)  # 3. keep informative groups
                 if len(kept) * world >= cfg.prompts_per_step:
                     break
             kept = kept[: max(1, cfg.prompts_per_step // world)] if kept else []
@@ -211,9 +258,16 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
             # 4. algorithm: advantages and per-sample loss weights -> learner samples
             advs, weights = algo.advantages(kept), algo.loss_mask_weight(kept)
             comps = [(g, c) for g in kept for c in g.completions]
-            samples = [LearnerSample(prompt_ids=g.prompt.prompt_ids, completion_ids=c.token_ids, adv=a,
-                                     loss_weight=w, rollout_logprobs=c.logprobs)
-                       for (g, c), a, w in zip(comps, advs, weights, strict=True)]
+            samples = [
+                LearnerSample(
+                    prompt_ids=g.prompt.prompt_ids,
+                    completion_ids=c.token_ids,
+                    adv=a,
+                    loss_weight=w,
+                    rollout_logprobs=c.logprobs,
+                )
+                for (g, c), a, w in zip(comps, advs, weights, strict=True)
+            ]
 
             # 5. learner step (DeepSpeed ZeRO-3)
             t0 = time.perf_counter()
@@ -229,21 +283,32 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
 
             # 7. log
             metrics = {**_rollout_metrics(all_groups, kept, max_new), **learn_m, **sync_m}
-            metrics.update({"time/rollout_s": t_rollout, "time/verify_s": t_verify, "time/learn_s": t_learn,
-                            "time/sync_s": t_sync, "time/step_s": time.perf_counter() - t_step})
+            metrics.update(
+                {
+                    "time/rollout_s": t_rollout,
+                    "time/verify_s": t_verify,
+                    "time/learn_s": t_learn,
+                    "time/sync_s": t_sync,
+                    "time/step_s": time.perf_counter() - t_step,
+                }
+            )
             logger.log(step, metrics)
             if cfg.save_samples_every and (step % cfg.save_samples_every == 0 or step == 1):
                 _save_samples(run_dir, step, kept or all_groups, advs if kept else None, is_main=is_main)
             if bar is not None:
-                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", loss=f"{metrics.get('loss/total', 0):.4f}",
-                                step_s=f"{metrics['time/step_s']:.2f}")
+                bar.set_postfix(
+                    reward=f"{metrics['reward/mean']:.3f}",
+                    loss=f"{metrics.get('loss/total', 0):.4f}",
+                    step_s=f"{metrics['time/step_s']:.2f}",
+                )
                 bar.update(1)
         if bar is not None:
             bar.close()
 
         if heldout_prompts:
-            summary["trained_accuracy"] = heldout_accuracy(engine, heldout_prompts, verifier,
-                                                           n=cfg.heldout_samples, sampling=sampling)
+            summary["trained_accuracy"] = heldout_accuracy(
+                engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=sampling
+            )
         if cfg.save_final:
             final = learner.save_hf(run_dir / "final", tokenizer=tokenizer)
             if final is not None:
@@ -269,15 +334,29 @@ def _rollout_metrics(all_groups: list[RolloutGroup], kept: list[RolloutGroup], m
     """Batch statistics summed over ranks (then divided), so every rank logs the same global numbers."""
     comps = [c for g in all_groups for c in g.completions]
     kcomps = [c for g in kept for c in g.completions]
-    sums = sdist.all_reduce([
-        sum(c.reward for c in kcomps), len(kcomps), sum(c.correct for c in comps), len(comps),
-        sum(len(c.token_ids) for c in comps), sum(c.truncated for c in comps),
-        sum(g.is_mixed for g in all_groups), len(all_groups), len(kept),
-    ])
+    sums = sdist.all_reduce(
+        [
+            sum(c.reward for c in kcomps),
+            len(kcomps),
+            sum(c.correct for c in comps),
+            len(comps),
+            sum(len(c.token_ids) for c in comps),
+            sum(c.truncated for c in comps),
+            sum(g.is_mixed for g in all_groups),
+            len(all_groups),
+            len(kept),
+        ]
+    )
     r, nk, acc, n, toks, trunc, mixed, ng, nkept = sums
-    return {"reward/mean": r / max(nk, 1), "reward/accuracy": acc / max(n, 1),
-            "response/mean_len": toks / max(n, 1), "response/trunc_frac": trunc / max(n, 1),
-            "groups/mixed_frac": mixed / max(ng, 1), "groups/kept": nkept, "groups/generated": ng}
+    return {
+        "reward/mean": r / max(nk, 1),
+        "reward/accuracy": acc / max(n, 1),
+        "response/mean_len": toks / max(n, 1),
+        "response/trunc_frac": trunc / max(n, 1),
+        "groups/mixed_frac": mixed / max(ng, 1),
+        "groups/kept": nkept,
+        "groups/generated": ng,
+    }
 
 
 def _save_samples(run_dir: Path, step: int, groups: list[RolloutGroup], advs, *, is_main: bool) -> None:
@@ -285,10 +364,20 @@ def _save_samples(run_dir: Path, step: int, groups: list[RolloutGroup], advs, *,
     it = iter(advs) if advs is not None else None
     for g in groups:
         for c in g.completions:
-            rows.append({"step": step, "id": g.prompt.id, "problem": g.prompt.problem, "answer": g.prompt.answer,
-                         "completion": c.text, "reward": c.reward, "correct": c.correct,
-                         "truncated": c.truncated, "num_tokens": len(c.token_ids),
-                         "advantage": next(it) if it is not None else None})
+            rows.append(
+                {
+                    "step": step,
+                    "id": g.prompt.id,
+                    "problem": g.prompt.problem,
+                    "answer": g.prompt.answer,
+                    "completion": c.text,
+                    "reward": c.reward,
+                    "correct": c.correct,
+                    "truncated": c.truncated,
+                    "num_tokens": len(c.token_ids),
+                    "advantage": next(it) if it is not None else None,
+                }
+            )
     gathered = sdist.all_gather_objects(rows)
     if is_main:
         write_jsonl(run_dir / "samples" / f"step_{step}.jsonl", [r for part in gathered for r in part])

@@ -51,8 +51,14 @@ def tok(tiny_model_dir):
 
 
 def test_loop_writes_contract_and_feeds_advantages(tiny_model_dir, tok, tmp_path):
-    cfg = _cfg(f"model.path={tiny_model_dir}", "num_steps=3", "prompts_per_step=4", "algo.group_size=4",
-               "heldout_eval=false", "save_samples_every=2")
+    cfg = _cfg(
+        f"model.path={tiny_model_dir}",
+        "num_steps=3",
+        "prompts_per_step=4",
+        "algo.group_size=4",
+        "heldout_eval=false",
+        "save_samples_every=2",
+    )
     engine = ScriptedEngine(_answer_script(1), lambda s: tok(s)["input_ids"])
     learner = RecordingLearner()
     train(cfg, tmp_path, resolved_config={"x": 1}, engine=engine, learner=learner)
@@ -80,8 +86,14 @@ def test_dynamic_sampling_refills_until_enough_mixed_groups(tiny_model_dir, tok,
         calls["n"] += 1
         return tok(s)["input_ids"]
 
-    cfg = _cfg(f"model.path={tiny_model_dir}", "algo=dapo", "num_steps=1", "prompts_per_step=2",
-               "algo.group_size=4", "heldout_eval=false")
+    cfg = _cfg(
+        f"model.path={tiny_model_dir}",
+        "algo=dapo",
+        "num_steps=1",
+        "prompts_per_step=2",
+        "algo.group_size=4",
+        "heldout_eval=false",
+    )
     engine = ScriptedEngine(script, encode)
     learner = RecordingLearner()
     train(cfg, tmp_path, engine=engine, learner=learner)

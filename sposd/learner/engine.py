@@ -78,29 +78,53 @@ class DeepSpeedLearner:
         loss_temperature: logits are divided by this before log-softmax (= rollout temperature).
     """
 
-    def __init__(self, model_path: str, *, algo, optim, total_steps: int, device: str, dtype: str, zero_stage: int,
-                 micro_batch_tokens: int, pad_id: int, loss_temperature: float = 1.0,
-                 gradient_checkpointing: bool = False, trust_remote_code: bool = False,
-                 offload_optimizer: bool = False, offload_params: bool = False) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        algo,
+        optim,
+        total_steps: int,
+        device: str,
+        dtype: str,
+        zero_stage: int,
+        micro_batch_tokens: int,
+        pad_id: int,
+        loss_temperature: float = 1.0,
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+        offload_optimizer: bool = False,
+        offload_params: bool = False,
+    ) -> None:
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path("~/.cache/sposd/torch_extensions").expanduser()))
         import deepspeed
 
         self.algo, self.device, self.pad_id = algo, device, pad_id
         self.micro_batch_tokens, self.loss_temperature = micro_batch_tokens, loss_temperature
         self.rank, self.world = sdist.init_distributed(device)
-        cfg = ds_config(dtype=dtype, zero_stage=zero_stage, grad_clip=optim.grad_clip,
-                        offload_optimizer=offload_optimizer, offload_params=offload_params)
+        cfg = ds_config(
+            dtype=dtype,
+            zero_stage=zero_stage,
+            grad_clip=optim.grad_clip,
+            offload_optimizer=offload_optimizer,
+            offload_params=offload_params,
+        )
         model = _load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code, ds_cfg=cfg)
         if gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
-        opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                                weight_decay=optim.weight_decay)
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay
+        )
         sched = lambda o: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
-            o, lambda s: lr_lambda(s, warmup=optim.warmup_steps, total=total_steps, schedule=optim.schedule,
-                                   min_ratio=optim.min_lr_ratio))
+            o,
+            lambda s: lr_lambda(
+                s, warmup=optim.warmup_steps, total=total_steps, schedule=optim.schedule, min_ratio=optim.min_lr_ratio
+            ),
+        )
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=opt, lr_scheduler=sched, config=cfg)
+            model=model, optimizer=opt, lr_scheduler=sched, config=cfg
+        )
         self.ref = None
         if algo.needs_ref:
             ref_cfg = {k: v for k, v in cfg.items() if k != "gradient_clipping"}
@@ -120,8 +144,13 @@ class DeepSpeedLearner:
         from sposd.ops.logprobs import token_logprobs
 
         T = mb["completion_ids_BT"].shape[1]
-        out = engine(input_ids=self._dev(mb["input_ids_BL"]), attention_mask=self._dev(mb["attention_mask_BL"]),
-                     position_ids=self._dev(mb["position_ids_BL"]), use_cache=False, logits_to_keep=T + 1)
+        out = engine(
+            input_ids=self._dev(mb["input_ids_BL"]),
+            attention_mask=self._dev(mb["attention_mask_BL"]),
+            position_ids=self._dev(mb["position_ids_BL"]),
+            use_cache=False,
+            logits_to_keep=T + 1,
+        )
         logits_BTV = out.logits[:, :-1]
         return token_logprobs(logits_BTV, self._dev(mb["completion_ids_BT"]), temperature=self.loss_temperature)
 
@@ -148,8 +177,9 @@ class DeepSpeedLearner:
         n_steps = 0
         for _ in range(cfg.ppo_epochs):
             for k, mbs in enumerate(minibatches):
-                m = self._optimizer_step(mbs, old[k] if old else None, ref[k] if ref else None, max_len,
-                                         Normalizer, PolicyBatch)
+                m = self._optimizer_step(
+                    mbs, old[k] if old else None, ref[k] if ref else None, max_len, Normalizer, PolicyBatch
+                )
                 for key, v in m.items():
                     metrics[key] = metrics.get(key, 0.0) + v
                 n_steps += 1
@@ -161,8 +191,9 @@ class DeepSpeedLearner:
     def _no_grad_logps(self, engine, samples: list[LearnerSample]) -> list[torch.Tensor]:
         """Per-sample log-probs (unpadded, on CPU), computed with the same micro-batching as training."""
         out: list[torch.Tensor | None] = [None] * len(samples)
-        plan = plan_micro_batches([(len(s.prompt_ids), len(s.completion_ids)) for s in samples],
-                                  self.micro_batch_tokens)
+        plan = plan_micro_batches(
+            [(len(s.prompt_ids), len(s.completion_ids)) for s in samples], self.micro_batch_tokens
+        )
         n_max = int(sdist.all_reduce([len(plan)], op="max")[0])
         for j in range(n_max):
             if j >= len(plan):
@@ -176,14 +207,19 @@ class DeepSpeedLearner:
         return out  # type: ignore[return-value]
 
     def _optimizer_step(self, samples, old, ref, max_len, Normalizer, PolicyBatch) -> dict[str, float]:
-        plan = plan_micro_batches([(len(s.prompt_ids), len(s.completion_ids)) for s in samples],
-                                  self.micro_batch_tokens)
+        plan = plan_micro_batches(
+            [(len(s.prompt_ids), len(s.completion_ids)) for s in samples], self.micro_batch_tokens
+        )
         kept = [s for s in samples if s.loss_weight > 0]  # masked rows add nothing, so they must not count
         n_tok = sum(len(s.completion_ids) for s in kept)
-        tot_tok, tot_seq, n_max = sdist.all_reduce([n_tok, len(kept)], op="sum") + \
-            sdist.all_reduce([len(plan)], op="max")
-        norm = Normalizer(num_tokens=max(tot_tok, 1.0), num_seqs=max(tot_seq, 1.0),
-                          max_len=int(self.algo.cfg.loss_scale_len or max_len))
+        tot_tok, tot_seq, n_max = sdist.all_reduce([n_tok, len(kept)], op="sum") + sdist.all_reduce(
+            [len(plan)], op="max"
+        )
+        norm = Normalizer(
+            num_tokens=max(tot_tok, 1.0),
+            num_seqs=max(tot_seq, 1.0),
+            max_len=int(self.algo.cfg.loss_scale_len or max_len),
+        )
         metrics: dict[str, float] = {}
         diff_sum = diff_n = 0.0
         n_max = int(n_max)
@@ -199,21 +235,27 @@ class DeepSpeedLearner:
             mask = self._dev(mb["mask_BT"])
             old_lp = logp.detach() if old is None else self._dev(_pad([old[i] for i in idx], logp.shape[1]))
             ref_lp = None if ref is None else self._dev(_pad([ref[i] for i in idx], logp.shape[1]))
-            out = self.algo.loss(PolicyBatch(logp_BT=logp, old_logp_BT=old_lp, mask_BT=mask,
-                                             adv_B=self._dev(mb["adv_B"]), ref_logp_BT=ref_lp), norm)
+            out = self.algo.loss(
+                PolicyBatch(
+                    logp_BT=logp, old_logp_BT=old_lp, mask_BT=mask, adv_B=self._dev(mb["adv_B"]), ref_logp_BT=ref_lp
+                ),
+                norm,
+            )
             self.engine.backward(out.loss * self.world, scale_wrt_gas=False)
             self.engine.step()
             metrics["loss/total"] = metrics.get("loss/total", 0.0) + float(out.loss.detach())
             for k, v in out.metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v)
             with torch.no_grad():  # stale-weight alarm: vLLM's sampling log-probs vs the learner's
-                has = self._dev(mb["has_rollout_logp_B"])[:, None] * (self._dev(mb["attention_mask_BL"])[:, -logp.shape[1]:] > 0)
+                has = self._dev(mb["has_rollout_logp_B"])[:, None] * (
+                    self._dev(mb["attention_mask_BL"])[:, -logp.shape[1] :] > 0
+                )
                 d = (logp.detach().float() - self._dev(mb["rollout_logp_BT"])).abs() * has
                 diff_sum += float(d.sum())
                 diff_n += float(has.sum())
         keys = sorted(metrics)
         summed = sdist.all_reduce([metrics[k] for k in keys] + [diff_sum, diff_n], op="sum")
-        out_m = dict(zip(keys, summed[: len(keys)]))
+        out_m = dict(zip(keys, summed[: len(keys)], strict=True))
         out_m["actor/rollout_logp_abs_diff"] = summed[-2] / max(summed[-1], 1.0)
         out_m["actor/grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         out_m["actor/lr"] = float(self.scheduler.get_last_lr()[0])

@@ -16,8 +16,13 @@ class ScriptedEngine:
     Records every call so tests can check what the loop asked for (prompts, n, weight loads).
     """
 
-    def __init__(self, script: Callable[[Prompt, int], str], encode: Callable[[str], list[int]], *,
-                 max_new_tokens_truncates: bool = True) -> None:
+    def __init__(
+        self,
+        script: Callable[[Prompt, int], str],
+        encode: Callable[[str], list[int]],
+        *,
+        max_new_tokens_truncates: bool = True,
+    ) -> None:
         self.script, self.encode, self.truncates = script, encode, max_new_tokens_truncates
         self.generate_calls: list[tuple[int, int]] = []
         self.weight_loads = 0
@@ -32,8 +37,14 @@ class ScriptedEngine:
                 ids = self.encode(text)
                 truncated = self.truncates and len(ids) > sampling.max_new_tokens
                 ids = ids[: sampling.max_new_tokens]
-                comps.append(Completion(token_ids=ids, text=text, logprobs=[-1.0] * len(ids),
-                                        finish_reason="length" if truncated else "stop"))
+                comps.append(
+                    Completion(
+                        token_ids=ids,
+                        text=text,
+                        logprobs=[-1.0] * len(ids),
+                        finish_reason="length" if truncated else "stop",
+                    )
+                )
             groups.append(RolloutGroup(prompt=p, completions=comps))
         return groups
 

@@ -60,5 +60,8 @@ def push_weights(model: nn.Module, engine, *, bucket_bytes: int = 256 << 20) -> 
     stats: dict = {}
     engine.load_weights(iter_gathered_params(model, bucket_bytes=bucket_bytes, stats=stats))
     dt = time.perf_counter() - t0
-    return {"sync/gb": stats.get("bytes", 0) / 1e9, "sync/buckets": stats.get("buckets", 0),
-            "sync/gb_per_s": stats.get("bytes", 0) / 1e9 / max(dt, 1e-9)}
+    return {
+        "sync/gb": stats.get("bytes", 0) / 1e9,
+        "sync/buckets": stats.get("buckets", 0),
+        "sync/gb_per_s": stats.get("bytes", 0) / 1e9 / max(dt, 1e-9),
+    }

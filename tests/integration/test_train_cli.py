@@ -20,8 +20,20 @@ METRIC_KEYS = {"step", "reward/mean", "loss/total", "time/step_s", "time/rollout
 
 
 def _train(run_dir: Path, *overrides: str, timeout: int = 420) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "sposd", "train", f"hydra.run.dir={run_dir}", "num_steps=2", "prompts_per_step=4",
-           "algo.group_size=4", "model.max_new_tokens=16", "heldout_eval=false", "logger=jsonl", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sposd",
+        "train",
+        f"hydra.run.dir={run_dir}",
+        "num_steps=2",
+        "prompts_per_step=4",
+        "algo.group_size=4",
+        "model.max_new_tokens=16",
+        "heldout_eval=false",
+        "logger=jsonl",
+        *overrides,
+    ]
     env = {**os.environ, "WANDB_API_KEY": "sk-test-secret-value-0123456789"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
@@ -45,8 +57,11 @@ def test_one_rank_writes_the_run_contract(tiny_model_dir, tmp_path):
         assert len(samples) == 16 and {"completion", "reward", "advantage", "answer"} <= samples[0].keys()
     config_text = (run / "config.yaml").read_text()
     assert "algo:" in config_text and "sk-test-secret" not in config_text
-    assert not any("sk-test-secret" in p.read_text(errors="ignore") for p in run.rglob("*") if p.is_file()
-                   and p.suffix in {".yaml", ".jsonl", ".json", ".log"})
+    assert not any(
+        "sk-test-secret" in p.read_text(errors="ignore")
+        for p in run.rglob("*")
+        if p.is_file() and p.suffix in {".yaml", ".jsonl", ".json", ".log"}
+    )
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -58,8 +73,9 @@ def test_one_rank_writes_the_run_contract(tiny_model_dir, tmp_path):
 
     engine = VLLMEngine(str(run / "final"), max_model_len=64)
     try:
-        out = engine.generate([Prompt(id="x", problem="", prompt_ids=[1, 2, 3], answer="")], n=2,
-                              sampling=SamplingCfg(max_new_tokens=4))
+        out = engine.generate(
+            [Prompt(id="x", problem="", prompt_ids=[1, 2, 3], answer="")], n=2, sampling=SamplingCfg(max_new_tokens=4)
+        )
         assert len(out[0].completions) == 2
     finally:
         engine.close()
@@ -79,8 +95,9 @@ def test_dapo_dynamic_sampling_runs_with_no_mixed_groups(tiny_model_dir, tmp_pat
     # A random model answers nothing right: every group is all-wrong, dynamic sampling keeps none and
     # refills up to max_gen_batches; the learner must cope with an empty batch.
     run = tmp_path / "dapo"
-    _train(run, f"model.path={tiny_model_dir}", "hardware=cpu", "algo=dapo", "algo.max_gen_batches=2",
-           "save_final=false")
+    _train(
+        run, f"model.path={tiny_model_dir}", "hardware=cpu", "algo=dapo", "algo.max_gen_batches=2", "save_final=false"
+    )
     rows = _metrics(run)
     assert [r["groups/kept"] for r in rows] == [0, 0]
     assert [r["groups/generated"] for r in rows] == [8, 8]

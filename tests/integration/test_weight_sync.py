@@ -33,8 +33,17 @@ def stack(tiny_model_dir):
 
     assert AutoConfig.from_pretrained(tiny_model_dir).tie_word_embeddings
     algo = get_algo("grpo")(AlgoCfg(name="grpo"))
-    learner = DeepSpeedLearner(str(tiny_model_dir), algo=algo, optim=_Optim, total_steps=10, device="cpu",
-                               dtype="float32", zero_stage=3, micro_batch_tokens=64, pad_id=0)
+    learner = DeepSpeedLearner(
+        str(tiny_model_dir),
+        algo=algo,
+        optim=_Optim,
+        total_steps=10,
+        device="cpu",
+        dtype="float32",
+        zero_stage=3,
+        micro_batch_tokens=64,
+        pad_id=0,
+    )
     engine = VLLMEngine(str(tiny_model_dir), dtype="float32", max_model_len=128, seed=0)
     yield learner, engine
     engine.close()
@@ -51,8 +60,9 @@ def test_vllm_matches_learner_before_and_after_a_step(stack):
     from sposd.types import Prompt
 
     learner, engine = stack
-    group = engine.generate([Prompt(id="p", problem="", prompt_ids=PROMPT, answer="")], n=4,
-                            sampling=SamplingCfg(max_new_tokens=12))[0]
+    group = engine.generate(
+        [Prompt(id="p", problem="", prompt_ids=PROMPT, answer="")], n=4, sampling=SamplingCfg(max_new_tokens=12)
+    )[0]
     comp = group.completions[0].token_ids
     v0 = torch.tensor(engine.sequence_logprobs(PROMPT, comp))
     l0 = _learner_logp(learner, PROMPT, comp)
@@ -60,8 +70,10 @@ def test_vllm_matches_learner_before_and_after_a_step(stack):
     # the rollout log-probs vLLM reported while sampling are the same numbers
     torch.testing.assert_close(torch.tensor(group.completions[0].logprobs), l0, atol=1e-4, rtol=0)
 
-    samples = [LearnerSample(PROMPT, c.token_ids, adv, rollout_logprobs=c.logprobs)
-               for c, adv in zip(group.completions, [1.5, -0.5, -0.5, -0.5], strict=True)]
+    samples = [
+        LearnerSample(PROMPT, c.token_ids, adv, rollout_logprobs=c.logprobs)
+        for c, adv in zip(group.completions, [1.5, -0.5, -0.5, -0.5], strict=True)
+    ]
     metrics = learner.train_step(samples, max_len=12)
     assert metrics["actor/rollout_logp_abs_diff"] < 1e-4  # learner and vLLM agreed before the update
     stats = push_weights(learner.module, engine, bucket_bytes=16 << 10)  # many small buckets
@@ -83,6 +95,6 @@ def test_export_is_loadable_by_transformers_and_matches(stack, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     ids = torch.tensor([PROMPT + [9, 10, 11]])
     with torch.no_grad():
-        lp = torch.log_softmax(model(ids).logits[0, len(PROMPT) - 1 : -1], -1).gather(-1, ids[0, len(PROMPT):, None])
+        lp = torch.log_softmax(model(ids).logits[0, len(PROMPT) - 1 : -1], -1).gather(-1, ids[0, len(PROMPT) :, None])
     torch.testing.assert_close(lp.squeeze(-1), _learner_logp(learner, PROMPT, [9, 10, 11]), atol=1e-5, rtol=0)
     assert not list(tmp_path.glob("*.tmp"))  # written atomically

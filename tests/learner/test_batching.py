@@ -19,8 +19,9 @@ def test_plan_respects_budget_and_covers_every_sample():
 
 def test_collate_aligns_completions_at_one_column():
     s1 = LearnerSample(prompt_ids=[1, 2, 3], completion_ids=[7, 8], adv=1.0)
-    s2 = LearnerSample(prompt_ids=[4], completion_ids=[9, 10, 11], adv=-1.0, loss_weight=0.0,
-                       rollout_logprobs=[-0.1, -0.2, -0.3])
+    s2 = LearnerSample(
+        prompt_ids=[4], completion_ids=[9, 10, 11], adv=-1.0, loss_weight=0.0, rollout_logprobs=[-0.1, -0.2, -0.3]
+    )
     b = collate([s1, s2], pad_id=0)
     # P = 3, T = 3: row 1 = [1 2 3 | 7 8 pad], row 2 = [pad pad 4 | 9 10 11]
     assert b["input_ids_BL"].tolist() == [[1, 2, 3, 7, 8, 0], [0, 0, 4, 9, 10, 11]]

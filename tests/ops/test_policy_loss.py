@@ -114,11 +114,11 @@ def _verl_loop(logp, old, adv, mask, clip_low, clip_high, c):
             d = min(max(logp[i, t].item() - old[i, t].item(), -20.0), 20.0)
             r = math.exp(d)
             l1, l2 = -a * r, -a * min(max(r, 1 - clip_low), 1 + clip_high)
-            l = max(l1, l2)
+            loss_t = max(l1, l2)
             if c is not None and a < 0:
-                dual += float(l > -a * c)
-                l = min(l, -a * c)
-            tot, clipped, kl, n = tot + l, clipped + float(l2 > l1), kl - d, n + 1
+                dual += float(loss_t > -a * c)
+                loss_t = min(loss_t, -a * c)
+            tot, clipped, kl, n = tot + loss_t, clipped + float(l2 > l1), kl - d, n + 1
     return tot / n, clipped / n, dual / n, kl / n
 
 

@@ -34,7 +34,7 @@ def test_every_gold_verifies_against_itself(pool, name):
     rows = _rows(name)
     assert len(rows) == SIZES[name]
     verdicts = pool.grade([(f"The final answer is $\\boxed{{{r['answer']}}}$.", r["answer"]) for r in rows])
-    assert [r["id"] for r, ok in zip(rows, verdicts) if not ok] == []
+    assert [r["id"] for r, ok in zip(rows, verdicts, strict=True) if not ok] == []
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -42,7 +42,7 @@ def test_wrong_integer_is_rejected(pool, name):
     rows = [r for r in _rows(name) if re.fullmatch(r"\d+", r["answer"])]
     assert rows
     verdicts = pool.grade([(f"\\boxed{{{int(r['answer']) + 1}}}", r["answer"]) for r in rows])
-    assert [r["id"] for r, ok in zip(rows, verdicts) if ok] == []
+    assert [r["id"] for r, ok in zip(rows, verdicts, strict=True) if ok] == []
 
 
 def test_hmmt_two_value_answer_in_either_order(pool):
