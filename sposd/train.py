@@ -143,6 +143,20 @@ def heldout_accuracy(engine, prompts, verifier, *, n: int, sampling: SamplingCfg
 
 
 # ---- the loop ----------------------------------------------------------------------------------------------
+def _quiet_libraries(device: str) -> None:
+    """Keep the console for the progress bar: silence per-step deprecation chatter and loader bars."""
+    import warnings
+
+    if device == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns that it found no GPU
+    for msg in (".*reduce_scatter_tensor.*", ".*reduce_op.*", ".*_get_vllm_tracer.*"):
+        warnings.filterwarnings("ignore", message=msg)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, engine=None, learner=None) -> dict:
     """Run `cfg.num_steps` RL steps; returns a summary (base / trained held-out accuracy, final path).
 
@@ -162,6 +176,7 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
     from sposd.sync.weights import push_weights
 
     hw = cfg.hardware
+    _quiet_libraries(hw.device)
     if hw.num_threads:
         torch.set_num_threads(hw.num_threads)
     rank, world = sdist.init_distributed(hw.device)

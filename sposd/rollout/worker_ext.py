@@ -15,9 +15,14 @@ post-load processing of the modules that were not reloaded.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from torch import Tensor, nn
+
+# The layerwise reloader warns, on every reload, about modules that legitimately receive no checkpoint tensor
+# (rotary embeddings, the tied lm_head, which `retie` handles): noise in a loop that reloads every step.
+logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
 
 
 def shared_param_holders(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:
