@@ -34,10 +34,10 @@ class BuiltinModelCfg:
     num_heads: int = 2
     num_kv_heads: int = 2
     intermediate_size: int = 256
-    warmstart_steps: int = 600
+    warmstart_steps: int = 1000
     warmstart_lr: float = 3e-3
     warmstart_batch_size: int = 32
-    privileged_frac: float = 0.3
+    privileged_frac: float = 0.2
     seed: int = 0
 
 

@@ -1,0 +1,124 @@
+"""The toy task of the embedded default: chained integer + / - with a worked solution (notes/TOY_TASK.md).
+
+    problem  "Compute 12+7-15."
+    solution "12+7=19. 19-15=4. \\boxed{4}"
+    answer   "4"
+
+Operands are drawn uniformly from 0..max_operand, the number of terms uniformly from min_terms..max_terms,
+each operator from {+, -}. The train / held-out split is a hash of the problem text alone, so the two
+splits never share a problem whatever the seed or the number of records asked for; the seed only picks
+which problems (and in which order) a call returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+SPLITS = ("train", "heldout")
+HELDOUT_PERCENT = 10
+
+
+def make_problem(operands: list[int], ops: list[str]) -> dict:
+    """Return the record of one chained problem: `operands[0] ops[0] operands[1] ...` evaluated left to right.
+
+    Args:
+        operands: k >= 2 non-negative integers.
+        ops: k - 1 operators, each "+" or "-".
+    """
+    if len(operands) < 2 or len(ops) != len(operands) - 1 or any(o not in "+-" for o in ops):
+        raise ValueError(f"need k >= 2 operands and k-1 operators in '+-', got {operands}, {ops}")
+    expr = str(operands[0]) + "".join(f"{o}{x}" for o, x in zip(ops, operands[1:]))
+    steps, acc = [], operands[0]
+    for o, x in zip(ops, operands[1:]):
+        new = acc + x if o == "+" else acc - x
+        steps.append(f"{acc}{o}{x}={new}.")
+        acc = new
+    problem = f"Compute {expr}."
+    return {
+        "id": "toy-" + _digest(problem)[:12],
+        "problem": problem,
+        "answer": str(acc),
+        "solution": " ".join(steps) + f" \\boxed{{{acc}}}",
+    }
+
+
+def split_of(problem: str) -> str:
+    """'heldout' for about HELDOUT_PERCENT % of problems (by a hash of the text), else 'train'."""
+    return "heldout" if int(_digest(problem)[:8], 16) % 100 < HELDOUT_PERCENT else "train"
+
+
+def sample_problem(rng: random.Random, *, max_operand: int = 19, min_terms: int = 2, max_terms: int = 3) -> dict:
+    """Draw one problem (either split) with the given random generator."""
+    k = rng.randint(min_terms, max_terms)
+    return make_problem([rng.randint(0, max_operand) for _ in range(k)], [rng.choice("+-") for _ in range(k - 1)])
+
+
+def space_size(*, max_operand: int = 19, min_terms: int = 2, max_terms: int = 3) -> int:
+    """How many distinct problems the knobs allow (both splits together)."""
+    n = max_operand + 1
+    return sum(n**k * 2 ** (k - 1) for k in range(min_terms, max_terms + 1))
+
+
+def toy_records(
+    n: int | None = None,
+    *,
+    seed: int = 0,
+    split: str = "train",
+    max_operand: int = 19,
+    min_terms: int = 2,
+    max_terms: int = 3,
+) -> list[dict]:
+    """Return n distinct toy problems of one split, deterministic in (seed, split, knobs).
+
+    A shorter call returns a prefix of a longer one. Records have the schema of every data source:
+    `id`, `problem`, `answer`, `solution`.
+
+    Args:
+        n: how many records; None means min(10_000, about the split's size).
+        seed: picks the problems and their order.
+        split: "train" or "heldout" (disjoint, ~90% / ~10% of all problems).
+        max_operand, min_terms, max_terms: difficulty knobs (operands 0..max_operand, terms per problem).
+    """
+    check_knobs(max_operand=max_operand, min_terms=min_terms, max_terms=max_terms)
+    if split not in SPLITS:
+        raise ValueError(f"toy split {split!r} is not valid; choose from {list(SPLITS)}")
+    frac = HELDOUT_PERCENT / 100 if split == "heldout" else 1 - HELDOUT_PERCENT / 100
+    approx_size = int(space_size(max_operand=max_operand, min_terms=min_terms, max_terms=max_terms) * frac)
+    if n is None:
+        n = min(10_000, approx_size // 2)
+    if n < 0:
+        raise ValueError(f"toy: n must be >= 0, got {n}")
+    # Rejection sampling of distinct problems: fine while n is well below the split's size.
+    if n > approx_size // 2:
+        raise ValueError(
+            f"toy: asked for {n} distinct {split} problems but the knobs (max_operand={max_operand}, "
+            f"terms {min_terms}-{max_terms}) allow only about {approx_size}; ask for at most {approx_size // 2}"
+        )
+    rng = random.Random(f"toy-{seed}-{split}")
+    seen: set[str] = set()
+    out: list[dict] = []
+    for _ in range(50 * n + 10_000):
+        if len(out) == n:
+            break
+        rec = sample_problem(rng, max_operand=max_operand, min_terms=min_terms, max_terms=max_terms)
+        if rec["problem"] in seen or split_of(rec["problem"]) != split:
+            continue
+        seen.add(rec["problem"])
+        out.append(rec)
+    else:
+        if len(out) < n:
+            raise ValueError(f"toy: found only {len(out)} distinct {split} problems of the {n} asked for; ask for fewer")
+    return out
+
+
+def check_knobs(*, max_operand: int, min_terms: int, max_terms: int) -> None:
+    """Raise ValueError naming the bad knob."""
+    if max_operand < 1:
+        raise ValueError(f"toy: max_operand must be >= 1, got {max_operand}")
+    if not 2 <= min_terms <= max_terms:
+        raise ValueError(f"toy: need 2 <= min_terms <= max_terms, got min_terms={min_terms}, max_terms={max_terms}")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,54 @@
+"""Re-measure the toy warm start: wall time and sampled held-out accuracy per seed.
+
+    python -m sposd.models.calibrate --seeds 0 1 2 --steps 600 --out /tmp/calib
+
+Prints one JSON line per seed: warm-start wall time, final loss, sampled accuracy at the given temperature
+on held-out problems with the student prompt and with the privileged (OPSD teacher) prompt. The numbers
+are only meaningful on an otherwise idle machine (two processes that each spin 2 OpenMP threads on 2 cores
+slow each other down many times over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sposd.data.toy import toy_records
+    from sposd.models.tiny import build_tiny_model
+    from sposd.models.warmstart import ARCH_DEFAULTS, sample_accuracy, warm_start
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--privileged-frac", type=float, default=None)
+    ap.add_argument("--num-layers", type=int, default=ARCH_DEFAULTS["num_layers"])
+    ap.add_argument("--hidden-size", type=int, default=ARCH_DEFAULTS["hidden_size"])
+    ap.add_argument("--num-heldout", type=int, default=200)
+    ap.add_argument("--n-samples", type=int, default=4)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    args = ap.parse_args(argv)
+
+    knobs = {k: v for k, v in dict(steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                                   privileged_frac=args.privileged_frac).items() if v is not None}
+    heldout = toy_records(args.num_heldout, split="heldout", seed=0)
+    for seed in args.seeds:
+        base = build_tiny_model(args.out / f"base-{seed}", seed=seed, num_layers=args.num_layers,
+                                hidden_size=args.hidden_size)
+        out = warm_start(base, args.out / f"seed-{seed}", seed=seed, **knobs)
+        info = json.loads((out / "warmstart.json").read_text())
+        row = dict(seed=seed, knobs=info["knobs"], wall_s=round(info["wall_s"], 1),
+                   loss_last20=round(sum(info["losses"][-20:]) / 20, 4))
+        for name, priv in (("acc", False), ("acc_privileged", True)):
+            row[name] = sample_accuracy(out, heldout, n_samples=args.n_samples, temperature=args.temperature,
+                                        seed=0, privileged=priv)
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
