@@ -22,17 +22,17 @@ def init_distributed(device: str) -> tuple[int, int]:
     DeepSpeed needs all the same.
     """
     if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.update(
-                RANK="0",
-                LOCAL_RANK="0",
-                WORLD_SIZE="1",
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())),
-            )
+        backend = "nccl" if device == "cuda" else "gloo"
         if device == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+        if "RANK" in os.environ:  # launched by torchrun / srun: rendezvous through the environment
+            dist.init_process_group(backend=backend)
+        else:
+            # A lone process: a private rendezvous. Writing RANK/MASTER_PORT into os.environ instead would leak
+            # into child processes, which would then take themselves for torchrun ranks on a busy port.
+            dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
+                                    world_size=1)
+            os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed reads it; harmless to inherit
     return dist.get_rank(), dist.get_world_size()
 
 

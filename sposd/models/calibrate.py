@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--privileged-frac", type=float, default=None)
+    ap.add_argument("--max-operand", type=int, default=None)
+    ap.add_argument("--num-threads", type=int, default=None)
     ap.add_argument("--num-layers", type=int, default=ARCH_DEFAULTS["num_layers"])
     ap.add_argument("--hidden-size", type=int, default=ARCH_DEFAULTS["hidden_size"])
     ap.add_argument("--num-heldout", type=int, default=200)
@@ -35,8 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     knobs = {k: v for k, v in dict(steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                                   privileged_frac=args.privileged_frac).items() if v is not None}
-    heldout = toy_records(args.num_heldout, split="heldout", seed=0)
+                                   privileged_frac=args.privileged_frac, max_operand=args.max_operand,
+                                   num_threads=args.num_threads).items() if v is not None}
+    toy_knobs = {"max_operand": args.max_operand} if args.max_operand else {}
+    heldout = toy_records(args.num_heldout, split="heldout", seed=0, **toy_knobs)
     for seed in args.seeds:
         base = build_tiny_model(args.out / f"base-{seed}", seed=seed, num_layers=args.num_layers,
                                 hidden_size=args.hidden_size)
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
                    loss_last20=round(sum(info["losses"][-20:]) / 20, 4))
         for name, priv in (("acc", False), ("acc_privileged", True)):
             row[name] = sample_accuracy(out, heldout, n_samples=args.n_samples, temperature=args.temperature,
-                                        seed=0, privileged=priv)
+                                        seed=0, privileged=priv, num_threads=args.num_threads)
         print(json.dumps(row), flush=True)
 
 
