@@ -202,7 +202,9 @@ def _read_hf(hf_id: str, config: str | None, split: str, limit: int | None) -> I
     return ((f"row {i}", row) for i, row in enumerate(ds, start=1))
 
 
-def _to_record(row: Any, mapping: dict[str, str | None], *, where: str, default_id: str, answer_from_solution: bool) -> dict:
+def _to_record(
+    row: Any, mapping: dict[str, str | None], *, where: str, default_id: str, answer_from_solution: bool
+) -> dict:
     """Validate one source row and return it in our schema."""
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object with fields, got {type(row).__name__}")

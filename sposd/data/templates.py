@@ -44,7 +44,9 @@ def render_prompt_ids(tokenizer, user_message: str, *, enable_thinking: bool) ->
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def make_prompt(record: dict, tokenizer, *, instruction: str = MATH_INSTRUCTION, enable_thinking: bool = False) -> Prompt:
+def make_prompt(
+    record: dict, tokenizer, *, instruction: str = MATH_INSTRUCTION, enable_thinking: bool = False
+) -> Prompt:
     """Turn a data record (`id`, `problem`, `answer`, optional `solution`) into a rendered student `Prompt`."""
     ids = render_prompt_ids(tokenizer, build_user_message(record["problem"], instruction=instruction),
                             enable_thinking=enable_thinking)

@@ -28,9 +28,9 @@ def make_problem(operands: list[int], ops: list[str]) -> dict:
     """
     if len(operands) < 2 or len(ops) != len(operands) - 1 or any(o not in "+-" for o in ops):
         raise ValueError(f"need k >= 2 operands and k-1 operators in '+-', got {operands}, {ops}")
-    expr = str(operands[0]) + "".join(f"{o}{x}" for o, x in zip(ops, operands[1:]))
+    expr = str(operands[0]) + "".join(f"{o}{x}" for o, x in zip(ops, operands[1:], strict=True))
     steps, acc = [], operands[0]
-    for o, x in zip(ops, operands[1:]):
+    for o, x in zip(ops, operands[1:], strict=True):
         new = acc + x if o == "+" else acc - x
         steps.append(f"{acc}{o}{x}={new}.")
         acc = new
@@ -108,7 +108,8 @@ def toy_records(
         out.append(rec)
     else:
         if len(out) < n:
-            raise ValueError(f"toy: found only {len(out)} distinct {split} problems of the {n} asked for; ask for fewer")
+            raise ValueError(f"toy: found only {len(out)} distinct {split} problems of the {n} asked for; "
+                             "ask for fewer")
     return out
 
 

@@ -12,8 +12,9 @@ gives the same weights on the same machine and thread count.
 Calibration (defaults: 1000 steps, batch 32, lr 3e-3, privileged_frac 0.2; 4 x 64 model; 2 idle cores,
 measured with `python -m sposd.models.calibrate`): about 0.15 s per step, 146-150 s in all; sampled
 accuracy at T = 1 on 200 held-out problems x 4 samples: 31% / 19% / 28% for seeds 0 / 1 / 2, and 97-98%
-when the worked solution is in the prompt (the OPSD teacher context). Fewer steps are much worse (about 7%
-at 450 steps, 13% at 600, 22% at 800), and operands <= 11 or 14 did not learn noticeably faster.
+when the worked solution is in the prompt (the OPSD teacher context). Fewer steps are much worse (with
+privileged_frac 0.1-0.3: about 7% at 450 steps, 13% at 600, 22% at 800; single seeds), and operands <= 11
+or 14 did not learn noticeably faster.
 """
 
 from __future__ import annotations
@@ -313,7 +314,7 @@ def sample_accuracy(
             return build_user_message(r["problem"], instruction=instruction)
 
         prompts = [render_prompt_ids(tok, message(r), enable_thinking=enable_thinking) for r in records]
-        jobs = [(p, str(r["answer"])) for p, r in zip(prompts, records) for _ in range(n_samples)]
+        jobs = [(p, str(r["answer"])) for p, r in zip(prompts, records, strict=True) for _ in range(n_samples)]
         correct = 0
         for i in range(0, len(jobs), batch_size):
             chunk = jobs[i : i + batch_size]

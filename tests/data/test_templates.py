@@ -24,7 +24,7 @@ def tok():
 def test_user_message():
     assert build_user_message("Compute 1+2.", instruction=TOY_INSTRUCTION) == (
         "Problem: Compute 1+2.\n\nPut the final answer in \\boxed{}.")
-    assert build_user_message("x?").endswith("\n\nPlease reason step by step, and put your final answer within \\boxed{}.")
+    assert build_user_message("x?") == "Problem: x?\n\n" + MATH_INSTRUCTION
 
 
 def test_privileged_message_is_the_opsd_teacher_prompt():

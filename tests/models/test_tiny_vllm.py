@@ -56,4 +56,4 @@ def test_tiny_model_runs_in_vllm(tiny_model_dir, tmp_path):
     for token_ids, text in res["comps"]:
         assert all(0 <= t < res["vocab"] for t in token_ids)
         assert text == tok.decode(token_ids, skip_special_tokens=True)  # vLLM's incremental detokenizer agrees
-    assert max(abs(a - b) for a, b in zip(res["vllm_lp"], res["hf_lp"])) < 1e-4
+    assert max(abs(a - b) for a, b in zip(res["vllm_lp"], res["hf_lp"], strict=True)) < 1e-4

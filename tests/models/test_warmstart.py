@@ -16,7 +16,7 @@ from sposd.models import warmstart as ws
 from sposd.models.tokenizer import build_char_tokenizer
 
 ARCH = dict(hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
-FAST = dict(steps=12, batch_size=4, lr=3e-3, warmup_steps=2, num_threads=2)
+FAST = dict(steps=8, batch_size=4, lr=1e-2, warmup_steps=2, num_threads=2)
 
 
 def test_example_ids_mask_only_the_reply():
