@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from sposd import dist as sdist
+from sposd.algos.base import Normalizer, PolicyBatch
 from sposd.learner.batching import LearnerSample, collate, plan_micro_batches
 
 
@@ -162,8 +163,6 @@ class DeepSpeedLearner:
 
     def train_step(self, samples: list[LearnerSample], *, max_len: int) -> dict[str, float]:
         """One rollout batch -> ppo_epochs x num_minibatches optimiser steps. Returns rank-summed metrics."""
-        from sposd.algos.base import Normalizer, PolicyBatch
-
         cfg = self.algo.cfg
         n_mini = max(1, min(cfg.num_minibatches, len(samples))) if samples else 1
         minibatches = [samples[i::n_mini] for i in range(n_mini)]
@@ -177,9 +176,7 @@ class DeepSpeedLearner:
         n_steps = 0
         for _ in range(cfg.ppo_epochs):
             for k, mbs in enumerate(minibatches):
-                m = self._optimizer_step(
-                    mbs, old[k] if old else None, ref[k] if ref else None, max_len, Normalizer, PolicyBatch
-                )
+                m = self._optimizer_step(mbs, old[k] if old else None, ref[k] if ref else None, max_len)
                 for key, v in m.items():
                     metrics[key] = metrics.get(key, 0.0) + v
                 n_steps += 1
@@ -206,7 +203,7 @@ class DeepSpeedLearner:
                 out[i] = lp[r, : len(samples[i].completion_ids)]
         return out  # type: ignore[return-value]
 
-    def _optimizer_step(self, samples, old, ref, max_len, Normalizer, PolicyBatch) -> dict[str, float]:
+    def _optimizer_step(self, samples, old, ref, max_len) -> dict[str, float]:
         plan = plan_micro_batches(
             [(len(s.prompt_ids), len(s.completion_ids)) for s in samples], self.micro_batch_tokens
         )
