@@ -1,0 +1,179 @@
+"""Divergences: hand-computed 3-token cases, JSD endpoints, chunked == naive, gradcheck, masks, PAINT ops."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sposd.ops.divergence import (
+    divergence_from_logprobs,
+    entropy_mismatch_mask,
+    interpolate_teacher_logits_,
+    naive_divergence,
+    per_token_divergence,
+    resolve_divergence,
+    sampled_token_loss,
+)
+
+LN2 = math.log(2)
+T3 = torch.tensor([0.5, 0.25, 0.25])
+S3 = torch.tensor([0.5, 0.5, 0.0]).add(torch.tensor([-0.25, 0.0, 0.25]))  # [0.25, 0.5, 0.25]
+
+
+def test_hand_computed_on_three_tokens():
+    ls, lt = S3.log(), T3.log()
+    # KL(T||S) = .5 ln(.5/.25) + .25 ln(.25/.5) + .25 ln(.25/.25) = .5 ln2 - .25 ln2 = .25 ln2
+    torch.testing.assert_close(divergence_from_logprobs(ls, lt, kind="fkl"), torch.tensor(0.25 * LN2))
+    # KL(S||T) = .25 ln(.25/.5) + .5 ln(.5/.25) + 0 = .25 ln2
+    torch.testing.assert_close(divergence_from_logprobs(ls, lt, kind="rkl"), torch.tensor(0.25 * LN2))
+    # JSD(.5): M = [.375, .375, .25]; KL(T||M) = .5 ln(.5/.375) + .25 ln(.25/.375) = .5 ln(4/3) + .25 ln(2/3)
+    # KL(S||M) = .25 ln(2/3) + .5 ln(4/3) (same by symmetry) -> JSD = .5 ln(4/3) + .25 ln(2/3)
+    jsd = 0.5 * math.log(4 / 3) + 0.25 * math.log(2 / 3)
+    torch.testing.assert_close(divergence_from_logprobs(ls, lt, kind="jsd", beta=0.5), torch.tensor(jsd))
+    # JSD(.25): M = .25 T + .75 S = [.3125, .4375, .25];
+    # .25 [.5 ln(.5/.3125) + .25 ln(.25/.4375)] + .75 [.25 ln(.25/.3125) + .5 ln(.5/.4375)]
+    j25 = 0.25 * (0.5 * math.log(1.6) + 0.25 * math.log(4 / 7)) + 0.75 * (0.25 * math.log(0.8) + 0.5 * math.log(8 / 7))
+    torch.testing.assert_close(divergence_from_logprobs(ls, lt, kind="jsd", beta=0.25), torch.tensor(j25))
+
+
+def test_jsd_endpoints_follow_the_code_convention_and_half_is_symmetric():
+    assert resolve_divergence("jsd", 0.0) == ("fkl", 0.0) and resolve_divergence("jsd", 1.0) == ("rkl", 1.0)
+    ls, lt = torch.randn(4, 7).log_softmax(-1), torch.randn(4, 7).log_softmax(-1)
+    for beta, kind in ((0.0, "fkl"), (1.0, "rkl")):
+        torch.testing.assert_close(
+            divergence_from_logprobs(ls, lt, kind="jsd", beta=beta), divergence_from_logprobs(ls, lt, kind=kind)
+        )
+    torch.testing.assert_close(
+        divergence_from_logprobs(ls, lt, kind="jsd"), divergence_from_logprobs(lt, ls, kind="jsd")
+    )
+    with pytest.raises(ValueError, match="not one of"):
+        resolve_divergence("kl", 0.5)
+
+
+def test_zero_probabilities_give_no_nan():
+    lt = torch.tensor([0.0, -math.inf, -math.inf])  # teacher certain of token 0
+    ls = torch.tensor([0.5, 0.5, 0.0]).log()  # student gives token 2 probability 0
+    # KL(T||S) = 1 ln(1/.5) = ln2; JSD is bounded; KL(S||T) is truly infinite (S puts mass where T has none)
+    torch.testing.assert_close(divergence_from_logprobs(ls, lt, kind="fkl"), torch.tensor(LN2))
+    assert torch.isfinite(divergence_from_logprobs(ls, lt, kind="jsd"))
+    assert divergence_from_logprobs(ls, lt, kind="rkl") == math.inf
+
+
+@pytest.mark.parametrize("kind,beta", [("fkl", 0.5), ("rkl", 0.5), ("jsd", 0.5), ("jsd", 0.3)])
+def test_chunked_full_vocab_equals_naive_on_a_strided_view_with_lengths(kind, beta):
+    torch.manual_seed(0)
+    full = torch.randn(3, 7, 11, requires_grad=True)  # a [B, T+1, V] model output; the loss sees [:, :-1]
+    teacher = torch.randn(3, 6, 11)
+    lengths = torch.tensor([6, 3, 0])
+    w = torch.randn(3, 6)
+    d = per_token_divergence(
+        full[:, :-1], teacher, kind=kind, beta=beta, temperature=1.3, lengths_B=lengths, chunk_tokens=2
+    )
+    (d * w).sum().backward()
+    g = full.grad.clone()
+    full.grad = None
+    mask = torch.arange(6)[None] < lengths[:, None]
+    dn = naive_divergence(full[:, :-1], teacher, kind=kind, beta=beta, temperature=1.3) * mask
+    (dn * w).sum().backward()
+    torch.testing.assert_close(d, dn, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g, full.grad, atol=1e-6, rtol=1e-5)
+    assert g[1, 3:].abs().max() == 0 and g[2].abs().max() == 0  # beyond each row's length
+
+
+def test_bf16_student_is_upcast_per_chunk():
+    torch.manual_seed(1)
+    s, t = torch.randn(2, 5, 13).bfloat16(), torch.randn(2, 5, 13).bfloat16()
+    d = per_token_divergence(s, t, kind="jsd", chunk_tokens=3)
+    assert d.dtype == torch.float32
+    torch.testing.assert_close(d, naive_divergence(s.float(), t.float(), kind="jsd"), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("support", ["full", "teacher_topk", "student_topk_tail"])
+@pytest.mark.parametrize("kind,beta", [("fkl", 0.5), ("rkl", 0.5), ("jsd", 0.3)])
+def test_gradcheck_float64(support, kind, beta):
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 3, 5, dtype=torch.float64)
+    lengths = torch.tensor([3, 2])
+
+    def f(z):
+        return per_token_divergence(
+            z, t, kind=kind, beta=beta, temperature=0.7, support=support, topk=3, lengths_B=lengths, chunk_tokens=2
+        )
+
+    assert torch.autograd.gradcheck(f, (x,))
+
+
+@pytest.mark.parametrize("support", ["teacher_topk", "student_topk_tail"])
+def test_topk_with_k_equal_vocab_is_the_full_divergence(support):
+    torch.manual_seed(3)
+    s, t = torch.randn(2, 4, 9), torch.randn(2, 4, 9)
+    for kind in ("fkl", "rkl", "jsd"):
+        torch.testing.assert_close(
+            per_token_divergence(s, t, kind=kind, support=support, topk=9),
+            naive_divergence(s, t, kind=kind),
+            atol=1e-5,
+            rtol=1e-4,
+        )
+
+
+def test_student_topk_tail_bucket_holds_the_rest_of_the_mass():
+    # V = 3, k = 1: student top token 0 (p .5) + tail .5; teacher at token 0 p .25 + tail .75
+    s = torch.tensor([[[0.5, 0.25, 0.25]]]).log()
+    t = torch.tensor([[[0.25, 0.5, 0.25]]]).log()
+    d = per_token_divergence(s, t, kind="fkl", support="student_topk_tail", topk=1)
+    # KL(T||S) on {0, tail} = .25 ln(.25/.5) + .75 ln(.75/.5)
+    torch.testing.assert_close(d, torch.tensor([[0.25 * math.log(0.5) + 0.75 * math.log(1.5)]]))
+
+
+def test_teacher_never_receives_a_gradient():
+    s = torch.randn(1, 3, 4, requires_grad=True)
+    t = torch.randn(1, 3, 4, requires_grad=True)
+    for support in ("full", "teacher_topk", "student_topk_tail"):
+        per_token_divergence(s, t, kind="jsd", support=support, topk=2).sum().backward()
+    assert t.grad is None and s.grad is not None
+
+
+def test_sampled_token_loss_value_and_gradient():
+    ls = torch.tensor([-1.0, -2.0], requires_grad=True)
+    lt = torch.tensor([-0.5, -3.0])
+    out = sampled_token_loss(ls, lt)
+    # A = sg(lt - ls) = [.5, -1]; loss = -A ls = [.5, -2]; d/d ls = -A
+    torch.testing.assert_close(out, torch.tensor([0.5, -2.0]))
+    out.sum().backward()
+    torch.testing.assert_close(ls.grad, torch.tensor([-0.5, 1.0]))
+
+
+def test_entropy_mismatch_mask_ties_rounding_and_empty_rows():
+    h_t = torch.tensor([[1.0, 3.0, 3.0, 0.0, 9.0], [1.0, 1.0, 1.0, 1.0, 1.0], [5.0, 0.0, 0.0, 0.0, 0.0]])
+    h_s = torch.zeros(3, 5)
+    lengths = torch.tensor([4, 5, 0])
+    m = entropy_mismatch_mask(h_t, h_s, lengths, q=0.3)
+    # row 0: length 4 -> ceil(1.2) = 2 of positions 0..3 (position 4 is beyond the length): mismatches
+    # [1, 3, 3, 0] -> the tie 3, 3 keeps both (positions 1, 2)
+    assert m[0].tolist() == [False, True, True, False, False]
+    # row 1: all equal, ceil(1.5) = 2 -> the earliest two; row 2: empty
+    assert m[1].tolist() == [True, True, False, False, False] and not m[2].any()
+    # sign: teacher_sharper ranks H_S - H_T (here all <= 0: the smallest |.| first -> position 3)
+    assert entropy_mismatch_mask(h_t, h_s, lengths, q=0.25, sign="teacher_sharper")[0].tolist() == [
+        False,
+        False,
+        False,
+        True,
+        False,
+    ]
+
+
+def test_interpolation_touches_only_masked_positions():
+    t = torch.zeros(1, 3, 2)
+    s = torch.tensor([[[2.0, 4.0], [6.0, 8.0], [1.0, 1.0]]], requires_grad=True)
+    mask = torch.tensor([[False, True, False]])
+    interpolate_teacher_logits_(t, s, mask, gamma=0.25)
+    torch.testing.assert_close(t, torch.tensor([[[0.0, 0.0], [1.5, 2.0], [0.0, 0.0]]]))
+    t2 = torch.ones(1, 3, 2)
+    interpolate_teacher_logits_(t2, s, mask, gamma=0.0)
+    torch.testing.assert_close(t2, torch.ones(1, 3, 2))
+    interpolate_teacher_logits_(t2, s, mask, gamma=1.0)
+    torch.testing.assert_close(t2[0, 1], torch.tensor([6.0, 8.0]))
