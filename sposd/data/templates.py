@@ -7,6 +7,8 @@ transition sentence before the same instruction.
 
 from __future__ import annotations
 
+import re
+
 from sposd.types import Prompt
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -17,6 +19,20 @@ PRIVILEGED_TEMPLATE = (
     "After understanding the reference solution and the rationale behind each step, now articulate your own "
     "step-by-step reasoning that derives the same final answer to the problem below:\n\n{instruction}"
 )
+
+
+# SDPO's reprompt wrapper (spec section 14, "Config alternatives"), with the privileged text as the correct solution.
+# SDPO puts the full original prompt (problem + instruction) in front; here the problem comes first and the same
+# instruction the student sees is appended after "Correctly solve the original question.", so the teacher's last
+# line states the answer format exactly as in the OPSD wrapper and the two wrappers differ only in the middle text.
+SDPO_TEMPLATE = "{problem}\nCorrect solution:\n\n{solution}\n\nCorrectly solve the original question.\n\n{instruction}"
+TEACHER_WRAPPERS = ("opsd", "sdpo")
+STUDENT_PROMPT_MODES = ("chat_template", "stripped_template")
+REFERENCE_UNITS = ("tokens", "lines")
+HIDDEN_MARKER = "(the rest of the solution is hidden)"
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
+_THINK_OPEN_TAIL = re.compile(r"<think>.*\Z", re.DOTALL)
 
 
 def build_user_message(problem: str, *, instruction: str = MATH_INSTRUCTION) -> str:
@@ -48,8 +64,9 @@ def make_prompt(
     record: dict, tokenizer, *, instruction: str = MATH_INSTRUCTION, enable_thinking: bool = False
 ) -> Prompt:
     """Turn a data record (`id`, `problem`, `answer`, optional `solution`) into a rendered student `Prompt`."""
-    ids = render_prompt_ids(tokenizer, build_user_message(record["problem"], instruction=instruction),
-                            enable_thinking=enable_thinking)
+    ids = render_prompt_ids(
+        tokenizer, build_user_message(record["problem"], instruction=instruction), enable_thinking=enable_thinking
+    )
     meta = {k: v for k, v in record.items() if k not in ("id", "problem", "answer", "solution")}
     return Prompt(
         id=str(record["id"]),
@@ -59,3 +76,91 @@ def make_prompt(
         solution=record.get("solution"),
         meta=meta,
     )
+
+
+def build_teacher_message(
+    problem: str, privileged: str, *, wrapper: str = "opsd", instruction: str = MATH_INSTRUCTION
+) -> str:
+    """The teacher's user turn around privileged text (a reference solution, a witness, or a truncated reference).
+
+    Args:
+        problem: the bare problem text.
+        privileged: the text only the teacher sees.
+        wrapper: "opsd" = PRIVILEGED_TEMPLATE (same output as build_privileged_message), "sdpo" = SDPO_TEMPLATE
+            (with an empty instruction the trailing blank line and instruction are dropped).
+        instruction: the same instruction the student sees.
+    """
+    if wrapper == "opsd":
+        return build_privileged_message(problem, privileged, instruction=instruction)
+    if wrapper == "sdpo":
+        msg = SDPO_TEMPLATE.format(problem=problem, solution=privileged, instruction=instruction)
+        return msg if instruction else msg.removesuffix("\n\n")
+    raise ValueError(f"unknown teacher wrapper {wrapper!r}; choose from {TEACHER_WRAPPERS}")
+
+
+def strip_thinking(text: str) -> str:
+    """The text without its thinking: <think>...</think> blocks removed, then surrounding whitespace stripped.
+
+    An unclosed trailing "<think>..." (a completion cut off mid-thought) is removed to the end of the text. A
+    "</think>" with no opening tag before it (templates that pre-fill "<think>" in the prompt) drops everything up to
+    and including it. Text without think tags is returned stripped.
+
+    Args:
+        text: a completion's decoded text.
+    """
+    text = _THINK_BLOCK.sub("", text)
+    text = _THINK_OPEN_TAIL.sub("", text)
+    if "</think>" in text:  # any remaining close tag has no opening one before it
+        text = text.rsplit("</think>", 1)[1]
+    return text.strip()
+
+
+def stripped_template_ids(tokenizer, prompt_ids: list[int]) -> list[int]:
+    """OPSD's paper setting for the student context: the chat template with its special tokens removed.
+
+    The chat-templated prompt is decoded with skip_special_tokens=True (dropping <|im_start|> / <|im_end|>; <think>
+    tags are not special in Qwen3 and stay) and re-encoded without special tokens (spec section 2).
+
+    Args:
+        tokenizer: the policy's tokenizer.
+        prompt_ids: the chat-templated prompt ids (render_prompt_ids).
+    """
+    text = tokenizer.decode(list(prompt_ids), skip_special_tokens=True)
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def truncate_reference(tokenizer, solution: str, rho: float, *, unit: str = "tokens", marker: bool = False) -> str:
+    """PAINT's overlap-based suffix masking: keep the first reveal_count(n, rho) units of the solution, drop the rest.
+
+    unit "tokens": n = the number of tokenizer tokens of the solution (encoded without special tokens); the kept
+    prefix ids are decoded (a trailing U+FFFD from a cut through a multi-byte character is removed). unit "lines":
+    n = the number of lines (str.splitlines), the first lines are kept without the kept last line's line break.
+    When nothing is dropped (rho = 1, or an empty solution) the solution is returned unchanged.
+
+    Args:
+        tokenizer: the policy's tokenizer (unit "tokens").
+        solution: the reference solution s*.
+        rho: reveal ratio in [0, 1] (sposd.ops.overlap.reveal_ratio).
+        unit: one of REFERENCE_UNITS.
+        marker: append "\n" + HIDDEN_MARKER when anything was dropped.
+    """
+    from sposd.ops.overlap import reveal_count  # lazy: keeps this module free of the torch import in sposd.ops
+
+    if unit == "tokens":
+        ids = list(tokenizer.encode(solution, add_special_tokens=False))
+        k = reveal_count(len(ids), rho)
+        if k >= len(ids):
+            return solution
+        kept = tokenizer.decode(ids[:k]).rstrip("\ufffd")
+    elif unit == "lines":
+        lines = solution.splitlines(keepends=True)
+        k = reveal_count(len(lines), rho)
+        if k >= len(lines):
+            return solution
+        kept = "".join(lines[:k])
+        kept = kept.removesuffix("\r\n") if kept.endswith("\r\n") else kept.removesuffix("\n")
+    else:
+        raise ValueError(f"unknown reference unit {unit!r}; choose from {REFERENCE_UNITS}")
+    if not marker:
+        return kept
+    return f"{kept}\n{HIDDEN_MARKER}" if kept else HIDDEN_MARKER
