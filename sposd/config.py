@@ -187,6 +187,7 @@ class TrainCfg:
     prompts_per_step: int = 16
     heldout_eval: bool = True
     heldout_samples: int = 4
+    heldout_every: int = 0
     save_samples_every: int = 10
     save_final: bool = True
     cache_dir: str = "~/.cache/sposd"
@@ -195,6 +196,7 @@ class TrainCfg:
     def __post_init__(self) -> None:
         _check_positive("num_steps", self.num_steps, allow_zero=True)
         _check_positive("prompts_per_step", self.prompts_per_step)
+        _check_positive("heldout_every", self.heldout_every, allow_zero=True)
         if self.prompts_per_step % self.hardware.nproc:
             raise ValueError(
                 f"prompts_per_step={self.prompts_per_step} must be divisible by hardware.nproc={self.hardware.nproc}"

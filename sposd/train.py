@@ -170,7 +170,8 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
     from transformers import AutoTokenizer
 
     from sposd.algos import get_algo
-    from sposd.data.templates import make_prompt
+    from sposd.data.teacher import TeacherPrompts
+    from sposd.data.templates import make_prompt, stripped_template_ids
     from sposd.learner.engine import DeepSpeedLearner
     from sposd.rewards import VerifierPool
     from sposd.rollout.vllm_engine import VLLMEngine
@@ -198,9 +199,34 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
     train_records, heldout_records = load_data(cfg)
 
     def to_prompt(rec: dict):
-        return make_prompt(rec, tokenizer, instruction=cfg.data.instruction, enable_thinking=cfg.model.enable_thinking)
+        prompt = make_prompt(
+            rec, tokenizer, instruction=cfg.data.instruction, enable_thinking=cfg.model.enable_thinking
+        )
+        if cfg.algo.student_prompt == "stripped_template":
+            prompt.prompt_ids = stripped_template_ids(tokenizer, prompt.prompt_ids)
+        return prompt
 
-    algo = get_algo(cfg.algo.name)(cfg.algo)
+    algo = get_algo(cfg.algo.name)(cfg.algo, rollout_temperature=cfg.rollout.temperature)
+    dcfg = cfg.algo.distill
+    if dcfg.enabled and dcfg.context in ("reference_solution", "partial_solution"):
+        if not any(r.get("solution") for r in train_records):
+            raise UserError(
+                f"algo.distill.context={dcfg.context} needs reference solutions, but data={cfg.data.name} has no "
+                "'solution' field (map one with data.fields.solution=<column>)"
+            )
+    teacher_prompts = TeacherPrompts(
+        tokenizer,
+        instruction=cfg.data.instruction,
+        enable_thinking=cfg.model.enable_thinking,
+        wrapper=dcfg.wrapper,
+        # the teacher context may hold a witness as long as a completion
+        max_len=cfg.model.max_prompt_len + cfg.model.max_new_tokens,
+        reveal_min=dcfg.reveal_min,
+        reveal_direction=dcfg.reveal_direction,
+        overlap_metric=dcfg.overlap,
+        reveal_unit=dcfg.reveal_unit,
+        hidden_marker=dcfg.hidden_marker,
+    )
     max_new = cfg.model.max_new_tokens
     sampling = SamplingCfg(
         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, max_new_tokens=max_new
@@ -250,6 +276,7 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
         bar = _progress(cfg.num_steps, enabled=is_main and cfg.logger.console)
         for step in range(1, cfg.num_steps + 1):
             t_step = time.perf_counter()
+            algo_m = algo.begin_step(step, cfg.num_steps)
 
             # 1. rollouts: G completions per prompt from the current weights (+ DAPO-style refills)
             t0 = time.perf_counter()
@@ -271,19 +298,27 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
             kept = kept[: max(1, cfg.prompts_per_step // world)] if kept else []
             t_rollout = time.perf_counter() - t0 - t_verify
 
-            # 4. algorithm: advantages and per-sample loss weights -> learner samples
+            # 4. algorithm: advantages, per-sample loss weights and teacher contexts -> learner samples
             advs, weights = algo.advantages(kept), algo.loss_mask_weight(kept)
+            requests = algo.distill_requests(kept, cut_reference=teacher_prompts.cut_reference)
             comps = [(g, c) for g in kept for c in g.completions]
-            samples = [
-                LearnerSample(
+            samples, too_long = [], 0
+            for (g, c), a, w, req in zip(comps, advs, weights, requests, strict=True):
+                s = LearnerSample(
                     prompt_ids=g.prompt.prompt_ids,
                     completion_ids=c.token_ids,
                     adv=a,
                     loss_weight=w,
                     rollout_logprobs=c.logprobs,
                 )
-                for (g, c), a, w in zip(comps, advs, weights, strict=True)
-            ]
+                if req is not None:
+                    ids = teacher_prompts.render(g.prompt.problem, req.privileged)
+                    if ids is None:
+                        too_long += 1
+                    else:
+                        s.teacher_prompt_ids, s.distill_weight = ids, req.weight
+                        s.distill_len, s.distill_units = req.num_positions, req.units
+                samples.append(s)
 
             # 5. learner step (DeepSpeed ZeRO-3)
             t0 = time.perf_counter()
@@ -298,7 +333,9 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
             t_sync = time.perf_counter() - t0
 
             # 7. log
-            metrics = {**_rollout_metrics(all_groups, kept, max_new), **learn_m, **sync_m}
+            metrics = {**_rollout_metrics(all_groups, kept, max_new), **learn_m, **sync_m, **algo_m}
+            if cfg.algo.distill.enabled:
+                metrics.update(_distill_metrics(algo.distill_stats, too_long, teacher_prompts, learn_m))
             metrics.update(
                 {
                     "time/rollout_s": t_rollout,
@@ -308,6 +345,11 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
                     "time/step_s": time.perf_counter() - t_step,
                 }
             )
+            if heldout_prompts and cfg.heldout_every and step % cfg.heldout_every == 0:
+                acc = heldout_accuracy(engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=sampling)
+                metrics["eval/heldout_accuracy"] = acc
+                if step == cfg.num_steps:
+                    summary["trained_accuracy"] = acc
             logger.log(step, metrics)
             if cfg.save_samples_every and (step % cfg.save_samples_every == 0 or step == 1):
                 _save_samples(run_dir, step, kept or all_groups, advs if kept else None, is_main=is_main)
@@ -321,7 +363,7 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
         if bar is not None:
             bar.close()
 
-        if heldout_prompts:
+        if heldout_prompts and "trained_accuracy" not in summary:
             summary["trained_accuracy"] = heldout_accuracy(
                 engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=sampling
             )
@@ -373,6 +415,25 @@ def _rollout_metrics(all_groups: list[RolloutGroup], kept: list[RolloutGroup], m
         "groups/kept": nkept,
         "groups/generated": ng,
     }
+
+
+def _distill_metrics(stats: dict[str, float], too_long: int, teacher_prompts, learn_m: dict) -> dict[str, float]:
+    """Teacher-target counts summed over ranks, and per-token means of the learner's distillation sums."""
+    rho = teacher_prompts.last_rho
+    keys = sorted(stats)
+    sums = sdist.all_reduce([stats[k] for k in keys] + [too_long, sum(rho), len(rho)])
+    teacher_prompts.last_rho = []
+    out = dict(zip(keys, sums[: len(keys)], strict=True))
+    out["distill/skipped_too_long"] = sums[-3]
+    if sums[-1]:
+        out["distill/reveal_ratio"] = sums[-2] / sums[-1]
+    groups = out.pop("distill/groups", 0.0)
+    out["distill/prompt_weight_mean"] = out.pop("distill/prompt_weight_sum", 0.0) / max(groups, 1.0)
+    out["distill/groups"] = groups
+    tokens = learn_m.get("distill/tokens", 0.0)
+    if tokens:
+        out["distill/div_mean"] = learn_m.get("distill/div_sum", 0.0) / tokens
+    return out
 
 
 def _save_samples(run_dir: Path, step: int, groups: list[RolloutGroup], advs, *, is_main: bool) -> None:

@@ -37,7 +37,7 @@ def test_every_option_composes(group):
 
 def test_embedded_default_is_tiny_toy_on_cpu():
     cfg = _compose()
-    assert (cfg.model.path, cfg.data.kind, cfg.algo.name) == ("builtin", "toy", "grpo")
+    assert (cfg.model.path, cfg.data.kind, cfg.algo.name) == ("builtin", "toy", "ssopd")
     assert cfg.hardware.device == ("cuda" if __import__("torch").cuda.is_available() else "cpu")
 
 
@@ -52,6 +52,33 @@ def test_algo_presets_differ_as_the_papers_say():
     dapo, dr = _compose("algo=dapo").algo, _compose("algo=dr_grpo").algo
     assert (dapo.clip_high, dapo.loss_agg, dapo.dynamic_sampling) == (0.28, "token-mean", True)
     assert (dr.adv_std_norm, dr.loss_agg) == (False, "seq-mean-token-sum-norm")
+
+
+def test_distillation_presets_follow_the_spec():
+    ss, op, pa = (_compose(f"algo={n}").algo for n in ("ssopd", "opsd", "paint"))
+    # SSOPD: GRPO + lambda 1 frontier-weighted JSD(0.5) from the shortest correct into the longest wrong
+    assert (ss.rl_coef, ss.group_size, ss.clip_high, ss.loss_agg) == (1.0, 8, 0.28, "token-mean")
+    d = ss.distill
+    assert (d.coef, d.context, d.select, d.teacher, d.prompt_weight, d.normalize) == (
+        1.0,
+        "shortest_correct",
+        "longest_wrong",
+        "current",
+        "frontier",
+        "prompt_mean",
+    )
+    assert (d.divergence, d.beta, d.support) == ("jsd", 0.5, "full")
+    # OPSD: pure distillation, one rollout, fixed initial teacher, reference solution, token mean
+    assert (op.rl_coef, op.group_size, op.distill.context, op.distill.teacher) == (
+        0.0,
+        1,
+        "reference_solution",
+        "initial",
+    )
+    # PAINT: OPSD + partial solution + interpolation at 10% entropy-mismatch positions
+    assert (pa.distill.context, pa.distill.interp_gamma, pa.distill.mismatch_q) == ("partial_solution", 0.1, 0.1)
+    with pytest.raises(ValueError, match="algo.distill.divergence"):
+        _compose("algo=ssopd", "algo.distill.divergence=kl")
 
 
 def test_invalid_value_names_the_key():

@@ -100,3 +100,62 @@ def test_dynamic_sampling_refills_until_enough_mixed_groups(tiny_model_dir, tok,
     assert engine.generate_calls == [(2, 4), (2, 4)]
     assert len(learner.batches[0]) == 8  # the two mixed groups only
     assert all(s.adv != 0 for s in learner.batches[0])
+
+
+def test_ssopd_teacher_sees_the_witness_and_scores_the_longest_wrong(tiny_model_dir, tok, tmp_path):
+    # completion 0 right, 1..3 wrong with equal lengths: witness #0, longest wrong #1 (tie -> lowest index);
+    # pass rate 1/4 -> frontier 4 * .25 * .75 = .75, spread over the wrong completion's tokens (prompt_mean).
+    cfg = _cfg(
+        f"model.path={tiny_model_dir}",
+        "algo=ssopd",
+        "num_steps=1",
+        "prompts_per_step=2",
+        "algo.group_size=4",
+        "heldout_eval=false",
+    )
+    learner = RecordingLearner()
+    train(cfg, tmp_path, engine=ScriptedEngine(_answer_script(1), lambda s: tok(s)["input_ids"]), learner=learner)
+    batch = learner.batches[0]
+    assert [s.teacher_prompt_ids is not None for s in batch] == [False, True, False, False] * 2
+    for g in range(2):
+        witness, wrong = batch[4 * g], batch[4 * g + 1]
+        text = tok.decode(wrong.teacher_prompt_ids)
+        assert tok.decode(witness.completion_ids) in text and "reference solution" in text
+        n = len(wrong.completion_ids)
+        assert (wrong.distill_len, wrong.distill_units) == (n, 1.0)
+        assert wrong.distill_weight == pytest.approx(0.75 / n)
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["distill/targets"] == 2 and row["distill/prompt_weight_mean"] == pytest.approx(0.75)
+
+
+def test_opsd_teacher_sees_the_reference_and_student_prompt_can_be_stripped(tiny_model_dir, tok, tmp_path):
+    cfg = _cfg(
+        f"model.path={tiny_model_dir}",
+        "algo=opsd",
+        "num_steps=1",
+        "prompts_per_step=3",
+        "heldout_eval=false",
+        "algo.student_prompt=stripped_template",
+    )
+    learner = RecordingLearner()
+    train(cfg, tmp_path, engine=ScriptedEngine(_answer_script(0), lambda s: tok(s)["input_ids"]), learner=learner)
+    batch = learner.batches[0]
+    assert len(batch) == 3 and all(s.teacher_prompt_ids is not None for s in batch)
+    for s in batch:
+        teacher_text, student_text = tok.decode(s.teacher_prompt_ids), tok.decode(s.prompt_ids)
+        assert "\\boxed{" in teacher_text and "Here is a reference solution" in teacher_text
+        assert "<|im_start|>" in teacher_text and "<|im_start|>" not in student_text
+        assert student_text.startswith("user\nProblem: Compute")
+        assert (s.distill_weight, s.distill_units) == (1.0, float(len(s.completion_ids)))
+
+
+def test_reference_contexts_need_solutions(tiny_model_dir, tmp_path):
+    from sposd.train import UserError
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"problem": "1+1?", "answer": "2"}\n')
+    cfg = _cfg(f"model.path={tiny_model_dir}", "algo=opsd", "data=local", f"data.path={data}", "heldout_eval=false")
+    with pytest.raises(UserError, match="needs reference solutions"):
+        train(
+            cfg, tmp_path / "run", engine=ScriptedEngine(_answer_script(0), lambda s: [1]), learner=RecordingLearner()
+        )

@@ -52,9 +52,7 @@ class KLToRefTerm:
         self.cfg = cfg
 
     def __call__(self, mb: PolicyBatch, norm: Normalizer) -> LossOut:
-        assert mb.ref_logp_BT is not None, (
-            "KLToRefTerm needs PolicyBatch.ref_logp_BT (algo.needs_ref is True)"
-        )
+        assert mb.ref_logp_BT is not None, "KLToRefTerm needs PolicyBatch.ref_logp_BT (algo.needs_ref is True)"
         kl = aggregate(
             kl_penalty_k3(mb.logp_BT, mb.ref_logp_BT),
             mb.mask_BT,
@@ -74,8 +72,12 @@ def rl_terms(cfg: AlgoCfg) -> list[LossTerm]:
 @register_algo("grpo")
 @register_algo("dapo")
 @register_algo("dr_grpo")
+@register_algo("opsd")
+@register_algo("ssopd")
+@register_algo("paint")
 class GroupRelativePO(Algorithm):
-    """GRPO / DAPO / Dr.GRPO: the RL base term alone; the variants are config values."""
+    """The composed algorithm: GRPO / DAPO / Dr.GRPO base term and/or the self-distillation term.
 
-    def build_terms(self) -> list[LossTerm]:
-        return rl_terms(self.cfg)
+    GRPO, DAPO, Dr.GRPO, OPSD, SSOPD and PAINT differ only in config values (conf/algo/*.yaml); the
+    composition is `Algorithm.build_terms`.
+    """

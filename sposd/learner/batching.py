@@ -22,6 +22,10 @@ class LearnerSample:
         adv: sequence-level advantage.
         loss_weight: 0.0 drops the completion from the loss (e.g. overlong filtering), 1.0 keeps it.
         rollout_logprobs: the engine's log-prob of each completion token, for diagnostics.
+        teacher_prompt_ids: the teacher's context c_T (None = no distillation for this completion).
+        distill_weight: per-token weight of the distillation loss on this completion.
+        distill_len: leading completion positions that may receive the distillation loss.
+        distill_units: this completion's share of the distillation normaliser.
     """
 
     prompt_ids: list[int]
@@ -29,6 +33,20 @@ class LearnerSample:
     adv: float
     loss_weight: float = 1.0
     rollout_logprobs: list[float] | None = None
+    teacher_prompt_ids: list[int] | None = None
+    distill_weight: float = 0.0
+    distill_len: int = 0
+    distill_units: float = 0.0
+
+    @property
+    def distilled(self) -> bool:
+        return self.teacher_prompt_ids is not None and self.distill_weight > 0 and self.distill_len > 0
+
+    @property
+    def plan_length(self) -> tuple[int, int]:
+        """(context, completion) length for micro-batch planning: the longer of student and teacher context."""
+        ctx = max(len(self.prompt_ids), len(self.teacher_prompt_ids or ())) if self.distilled else len(self.prompt_ids)
+        return ctx, len(self.completion_ids)
 
 
 def plan_micro_batches(lengths: list[tuple[int, int]], max_tokens: int) -> list[list[int]]:

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from sposd import dist as sdist
-from sposd.algos.base import Normalizer, PolicyBatch
+from sposd.algos.base import DistillBatch, Normalizer, PolicyBatch
 from sposd.learner.batching import LearnerSample, collate, plan_micro_batches
+from sposd.ops.logprobs import token_logprobs
 
 
 def lr_lambda(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -126,12 +127,26 @@ class DeepSpeedLearner:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=opt, lr_scheduler=sched, config=cfg
         )
-        self.ref = None
-        if algo.needs_ref:
-            ref_cfg = {k: v for k, v in cfg.items() if k != "gradient_clipping"}
-            ref = _load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code, ds_cfg=ref_cfg)
-            self.ref, *_ = deepspeed.initialize(model=ref, config=ref_cfg)
-            self.ref.eval()
+        frozen_cfg = {k: v for k, v in cfg.items() if k != "gradient_clipping"}
+
+        def frozen_copy():
+            m = _load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code, ds_cfg=frozen_cfg)
+            eng, *_ = deepspeed.initialize(model=m, config=frozen_cfg)
+            eng.eval()
+            return eng
+
+        self.ref = frozen_copy() if algo.needs_ref else None
+        # The teacher: "current" is the policy itself under no_grad (no second replica); "initial" shares the
+        # KL reference when there is one; "ema" / "periodic" own a partitioned copy updated shard by shard.
+        self.teacher_kind = algo.teacher_weights
+        self.teacher = None
+        if self.teacher_kind == "current":
+            self.teacher = self.engine
+        elif self.teacher_kind == "initial" and self.ref is not None:
+            self.teacher = self.ref
+        elif self.teacher_kind is not None:
+            self.teacher = frozen_copy()
+        self.optimizer_steps = 0
 
     @property
     def module(self) -> torch.nn.Module:
@@ -140,10 +155,8 @@ class DeepSpeedLearner:
     def _dev(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.engine.device, non_blocking=True)
 
-    def _logp(self, engine, mb: dict) -> torch.Tensor:
-        """Log-prob of each completion token under `engine`'s model: [B, T] (float32)."""
-        from sposd.ops.logprobs import token_logprobs
-
+    def _logits(self, engine, mb: dict) -> torch.Tensor:
+        """Logits predicting each completion token under `engine`'s model: a [B, T, V] view (model dtype)."""
         T = mb["completion_ids_BT"].shape[1]
         out = engine(
             input_ids=self._dev(mb["input_ids_BL"]),
@@ -152,8 +165,45 @@ class DeepSpeedLearner:
             use_cache=False,
             logits_to_keep=T + 1,
         )
-        logits_BTV = out.logits[:, :-1]
+        return out.logits[:, :-1]
+
+    def _logp(self, engine, mb: dict) -> torch.Tensor:
+        """Log-prob of each completion token under `engine`'s model: [B, T] (float32)."""
+        logits_BTV = self._logits(engine, mb)
         return token_logprobs(logits_BTV, self._dev(mb["completion_ids_BT"]), temperature=self.loss_temperature)
+
+    @torch.no_grad()
+    def _teacher_logits(self, rows: list[LearnerSample]) -> torch.Tensor:
+        """Teacher logits on [teacher context | the student's completion] for each row: [D, T, V], no padding
+        between context and completion (left-padded contexts), aligned with the student on completion positions."""
+        tmb = collate(
+            [LearnerSample(prompt_ids=s.teacher_prompt_ids, completion_ids=s.completion_ids, adv=0.0) for s in rows],
+            pad_id=self.pad_id,
+        )
+        return self._logits(self.teacher, tmb)
+
+    @torch.no_grad()
+    def _dummy_forward(self, engine) -> None:
+        """A forward on two pad tokens: matches another rank's teacher pass so ZeRO-3's gathers stay in step."""
+        ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.engine.device)
+        engine(input_ids=ids, use_cache=False)
+
+    @torch.no_grad()
+    def _update_teacher(self) -> None:
+        """EMA / periodic teacher: blend or copy the policy into the teacher, each rank on its own ZeRO-3 shard."""
+        if self.teacher_kind == "ema":
+            rate = self.algo.cfg.distill.ema_rate
+        elif self.teacher_kind == "periodic" and self.optimizer_steps % self.algo.cfg.distill.update_every == 0:
+            rate = 1.0
+        else:
+            return
+        for (ns, ps), (nt, pt) in zip(
+            self.engine.module.named_parameters(), self.teacher.module.named_parameters(), strict=True
+        ):
+            assert ns == nt, f"teacher and policy parameters differ: {ns} vs {nt}"
+            src = ps.ds_tensor if hasattr(ps, "ds_tensor") else ps.data
+            dst = pt.ds_tensor if hasattr(pt, "ds_tensor") else pt.data
+            dst.lerp_(src.to(dst.dtype), rate)
 
     def _dummy_backward(self) -> None:
         """Zero-loss forward/backward: keeps ZeRO-3's collectives in step when this rank has fewer micro-batches."""
@@ -188,9 +238,7 @@ class DeepSpeedLearner:
     def _no_grad_logps(self, engine, samples: list[LearnerSample]) -> list[torch.Tensor]:
         """Per-sample log-probs (unpadded, on CPU), computed with the same micro-batching as training."""
         out: list[torch.Tensor | None] = [None] * len(samples)
-        plan = plan_micro_batches(
-            [(len(s.prompt_ids), len(s.completion_ids)) for s in samples], self.micro_batch_tokens
-        )
+        plan = plan_micro_batches([s.plan_length for s in samples], self.micro_batch_tokens)
         n_max = int(sdist.all_reduce([len(plan)], op="max")[0])
         for j in range(n_max):
             if j >= len(plan):
@@ -204,42 +252,81 @@ class DeepSpeedLearner:
         return out  # type: ignore[return-value]
 
     def _optimizer_step(self, samples, old, ref, max_len) -> dict[str, float]:
-        plan = plan_micro_batches(
-            [(len(s.prompt_ids), len(s.completion_ids)) for s in samples], self.micro_batch_tokens
-        )
+        # Distilled rows go first in each micro-batch, so the student logits of the D distilled rows are the
+        # view logits[:D] (no copy of a [D, T, V] block).
+        plan = [
+            sorted(idx, key=lambda i: not samples[i].distilled)
+            for idx in plan_micro_batches([s.plan_length for s in samples], self.micro_batch_tokens)
+        ]
         kept = [s for s in samples if s.loss_weight > 0]  # masked rows add nothing, so they must not count
         n_tok = sum(len(s.completion_ids) for s in kept)
-        tot_tok, tot_seq, n_max = sdist.all_reduce([n_tok, len(kept)], op="sum") + sdist.all_reduce(
+        d_units = sum(s.distill_units for s in samples if s.distilled)
+        tot_tok, tot_seq, tot_units, n_max = sdist.all_reduce([n_tok, len(kept), d_units], op="sum") + sdist.all_reduce(
             [len(plan)], op="max"
         )
+        n_max = int(n_max)
         norm = Normalizer(
             num_tokens=max(tot_tok, 1.0),
             num_seqs=max(tot_seq, 1.0),
             max_len=int(self.algo.cfg.loss_scale_len or max_len),
+            distill_units=max(tot_units, 1e-12),
         )
+        # A teacher pass on any rank at micro-batch j means one on every rank (ZeRO-3 gathers are collective).
+        teacher_at = [0.0] * n_max
+        if self.teacher is not None:
+            local = [float(j < len(plan) and any(samples[i].distilled for i in plan[j])) for j in range(n_max)]
+            teacher_at = sdist.all_reduce(local, op="max") if n_max else []
         metrics: dict[str, float] = {}
-        diff_sum = diff_n = 0.0
-        n_max = int(n_max)
+        diff_sum = diff_n = t_teacher = 0.0
         for j in range(n_max):
             self.engine.set_gradient_accumulation_boundary(j == n_max - 1)
-            if j >= len(plan):
+            rows = [samples[i] for i in plan[j]] if j < len(plan) else []
+            drows = [s for s in rows if s.distilled]
+            teacher_logits = None
+            if teacher_at[j]:
+                t0 = time.perf_counter()
+                if drows:
+                    teacher_logits = self._teacher_logits(drows)
+                else:
+                    self._dummy_forward(self.teacher)
+                t_teacher += time.perf_counter() - t0
+            if not rows:
                 self._dummy_backward()
                 self.engine.step()
                 continue
             idx = plan[j]
-            mb = collate([samples[i] for i in idx], pad_id=self.pad_id)
-            logp = self._logp(self.engine, mb)
+            mb = collate(rows, pad_id=self.pad_id)
+            logits = self._logits(self.engine, mb)
+            logp = token_logprobs(logits, self._dev(mb["completion_ids_BT"]), temperature=self.loss_temperature)
             mask = self._dev(mb["mask_BT"])
             old_lp = logp.detach() if old is None else self._dev(_pad([old[i] for i in idx], logp.shape[1]))
             ref_lp = None if ref is None else self._dev(_pad([ref[i] for i in idx], logp.shape[1]))
+            distill = None
+            if teacher_logits is not None:
+                D, Td = teacher_logits.shape[:2]
+                distill = DistillBatch(
+                    student_logits_DTV=logits[:D, :Td],
+                    teacher_logits_DTV=teacher_logits,
+                    tokens_DT=self._dev(mb["completion_ids_BT"][:D, :Td]),
+                    lengths_D=torch.tensor([min(s.distill_len, Td) for s in drows], device=logits.device),
+                    weight_D=torch.tensor([s.distill_weight for s in drows], device=logits.device),
+                    logp_DT=logp[:D, :Td],
+                    old_logp_DT=old_lp[:D, :Td],
+                )
             out = self.algo.loss(
                 PolicyBatch(
-                    logp_BT=logp, old_logp_BT=old_lp, mask_BT=mask, adv_B=self._dev(mb["adv_B"]), ref_logp_BT=ref_lp
+                    logp_BT=logp,
+                    old_logp_BT=old_lp,
+                    mask_BT=mask,
+                    adv_B=self._dev(mb["adv_B"]),
+                    ref_logp_BT=ref_lp,
+                    distill=distill,
                 ),
                 norm,
             )
             self.engine.backward(out.loss * self.world, scale_wrt_gas=False)
             self.engine.step()
+            del logits, teacher_logits, distill
             metrics["loss/total"] = metrics.get("loss/total", 0.0) + float(out.loss.detach())
             for k, v in out.metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v)
@@ -250,12 +337,18 @@ class DeepSpeedLearner:
                 d = (logp.detach().float() - self._dev(mb["rollout_logp_BT"])).abs() * has
                 diff_sum += float(d.sum())
                 diff_n += float(has.sum())
-        keys = sorted(metrics)
-        summed = sdist.all_reduce([metrics[k] for k in keys] + [diff_sum, diff_n], op="sum")
+        self.optimizer_steps += 1
+        if self.teacher is not None and self.teacher is not self.engine:
+            self._update_teacher()
+        # Ranks may have seen different metric names (one with no micro-batch at all): sum over the union.
+        keys = sorted({k for part in sdist.all_gather_objects(sorted(metrics)) for k in part})
+        summed = sdist.all_reduce([metrics.get(k, 0.0) for k in keys] + [diff_sum, diff_n], op="sum")
         out_m = dict(zip(keys, summed[: len(keys)], strict=True))
         out_m["actor/rollout_logp_abs_diff"] = summed[-2] / max(summed[-1], 1.0)
         out_m["actor/grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         out_m["actor/lr"] = float(self.scheduler.get_last_lr()[0])
+        if self.teacher is not None:
+            out_m["time/teacher_fwd_s"] = t_teacher
         return out_m
 
     # ---- export --------------------------------------------------------------------------------------

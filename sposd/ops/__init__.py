@@ -2,13 +2,42 @@
 
 from sposd.ops.advantages import group_advantages, ragged_group_advantages
 from sposd.ops.aggregation import AGG_MODES, aggregate
+from sposd.ops.divergence import (
+    DIVERGENCES,
+    SUPPORTS,
+    divergence_from_logprobs,
+    entropy_mismatch_mask,
+    interpolate_teacher_logits_,
+    naive_divergence,
+    per_token_divergence,
+    resolve_divergence,
+    sampled_token_loss,
+)
 from sposd.ops.logprobs import entropy_from_logits, token_logprobs
+from sposd.ops.overlap import lcs_length, overlap, reveal_count, reveal_ratio
 from sposd.ops.policy_loss import clipped_surrogate, kl_penalty_k3
+from sposd.ops.selection import prefix_length, prompt_weight, select_longest_wrong
 from sposd.ops.shaping import overlong_penalty
 from sposd.ops.types import LossOut
 
 __all__ = [
     "AGG_MODES",
+    "DIVERGENCES",
+    "SUPPORTS",
+    "divergence_from_logprobs",
+    "entropy_mismatch_mask",
+    "interpolate_teacher_logits_",
+    "lcs_length",
+    "naive_divergence",
+    "overlap",
+    "per_token_divergence",
+    "prefix_length",
+    "prompt_weight",
+    "resolve_divergence",
+    "reveal_count",
+    "reveal_ratio",
+    "sampled_token_loss",
+    "select_longest_wrong",
     "LossOut",
     "aggregate",
     "clipped_surrogate",

@@ -88,119 +88,166 @@ def _spans(lengths: list[int], T: int, chunk: int):
             yield b, slice(s, min(s + chunk, n, T))
 
 
-_LOG_FLOOR = -1e30  # -inf log-probs (masked logits) are floored so 0 * log-ratio stays 0, never NaN
+def _block_rows(lengths: list[int], T: int, chunk: int) -> int:
+    """Rows of the [rows, V] work blocks: the longest span `_spans` yields (at least 1)."""
+    return max(1, min(chunk, max((min(n, T) for n in lengths), default=0)))
+
+
+def _zero_beyond_lengths_(grad_BTV: Tensor, lengths: list[int]) -> Tensor:
+    for b, n in enumerate(lengths):
+        grad_BTV[b, max(n, 0) :].zero_()
+    return grad_BTV
+
+
+def _floor(dtype: torch.dtype) -> float:
+    """Finite stand-in for -inf logits (masked tokens), so 0 * log-ratio stays 0 instead of NaN."""
+    return max(-1e30, torch.finfo(dtype).min)
+
+
+def _scaled_(out_NV: Tensor, x_NV: Tensor, tau: float) -> Tensor:
+    """out <- max(x, floor) / tau in out's (accumulation) dtype; the only copy of the input chunk."""
+    if x_NV.dtype == out_NV.dtype:
+        torch.clamp(x_NV, min=_floor(x_NV.dtype), out=out_NV)
+    else:
+        out_NV.copy_(x_NV).clamp_(min=_floor(x_NV.dtype))
+    return out_NV.div_(tau) if tau != 1.0 else out_NV
+
+
+def _exp_lse_(z_NV: Tensor, e_NV: Tensor) -> tuple[Tensor, Tensor]:
+    """e <- exp(z - max z) row-wise; returns (logsumexp z, sum e), so softmax(z) = e / sum."""
+    m_N1 = z_NV.amax(-1, keepdim=True)
+    torch.sub(z_NV, m_N1, out=e_NV).exp_()
+    sum_N = e_NV.sum(-1)
+    return m_N1.squeeze(-1) + sum_N.log(), sum_N
 
 
 def _dot_(a_NV: Tensor, b_NV: Tensor) -> Tensor:
-    """Row-wise sum(a * b), overwriting a (no extra block; torch's pairwise sum keeps fp32 error small)."""
+    """Row-wise sum(a * b), overwriting a (torch's cascade sum rather than a BLAS dot keeps fp32 error small)."""
     return a_NV.mul_(b_NV).sum(-1)
 
 
-def _log_softmax_block(x_NV: Tensor, tau: float, acc: torch.dtype, lse_N: Tensor | None = None):
-    """(log softmax(x / tau) as a fresh fp32 block, its logsumexp); with lse_N given, reuse it."""
-    z = x_NV.to(acc).div_(tau) if x_NV.dtype != acc else x_NV / tau
-    if lse_N is None:
-        lse_N = torch.logsumexp(z, -1)
-    return z.sub_(lse_N[:, None]).clamp_(min=_LOG_FLOOR), lse_N
-
-
-def _mixture_log_(pt: Tensor, ps: Tensor, beta: float) -> Tensor:
-    """log(beta T + (1 - beta) S), computed in place in pt's block (floored at the smallest normal float)."""
-    return pt.mul_(beta).add_(ps, alpha=1 - beta).clamp_(min=torch.finfo(pt.dtype).tiny).log_()
+def _mixture_log_(out_NV: Tensor, ps_NV: Tensor, pt_NV: Tensor, beta: float) -> Tensor:
+    """out <- log(beta T + (1 - beta) S), floored at the smallest normal float (M = 0 only where S = T = 0)."""
+    return torch.lerp(ps_NV, pt_NV, beta, out=out_NV).clamp_(min=torch.finfo(out_NV.dtype).tiny).log_()
 
 
 class _FullVocabDivergence(torch.autograd.Function):
-    """Chunked full-vocabulary divergence; saves inputs (references) + [B, T] statistics, recomputes in backward.
+    """Chunked full-vocabulary divergence that saves its inputs (references) and [B, T] statistics only.
 
-    Every [N, V] block is fp32 and updated in place where possible (about four live blocks at the peak), so
-    the extra memory is a few chunk x V x 4 bytes besides the returned gradient.
+    Forward and backward each work in a few preallocated [chunk, V] blocks of the accumulation dtype (3, or 5
+    for jsd's forward) with in-place and out= ops; backward recomputes both softmaxes from the saved per-position
+    logsumexps and writes chunk by chunk into the one [B, T, V] gradient it returns.
+    Saved per position: lse of both models, plus D (rkl) or KL(S || M) (jsd) for the gradient's centring term.
     """
 
     @staticmethod
-    def forward(ctx, s_BTV, t_BTV, lengths, kind, beta, tau, chunk):  # noqa: PLR0913
+    def forward(ctx, s_BTV, t_BTV, lengths, kind, beta, tau, chunk):
         acc = _acc(s_BTV.dtype)
-        B, T, _ = s_BTV.shape
-        D_BT = s_BTV.new_zeros(B, T, dtype=acc)
-        lse_s = s_BTV.new_zeros(B, T, dtype=acc)
-        lse_t = s_BTV.new_zeros(B, T, dtype=acc)
+        B, T, V = s_BTV.shape
+        D_BT, lse_s_BT, lse_t_BT, aux_BT = (s_BTV.new_zeros(B, T, dtype=acc) for _ in range(4))
+        buf = s_BTV.new_empty(5 if kind == "jsd" else 3, _block_rows(lengths, T, chunk), V, dtype=acc)
         for b, sl in _spans(lengths, T, chunk):
-            ls, lse_s[b, sl] = _log_softmax_block(s_BTV[b, sl], tau, acc)
-            lt, lse_t[b, sl] = _log_softmax_block(t_BTV[b, sl], tau, acc)
-            if kind == "fkl":  # sum T (log T - log S)
-                D_BT[b, sl] = _dot_(lt.exp(), lt.sub_(ls))
-            elif kind == "rkl":  # sum S (log S - log T)
-                D_BT[b, sl] = _dot_(ls.exp(), ls.sub_(lt))
-            else:
-                ps = ls.exp()
-                lm = _mixture_log_(lt.exp(), ps, beta)
-                kl_sm = _dot_(ps, ls.sub_(lm))  # ps is spent here
-                D_BT[b, sl] = beta * _dot_(lt.exp(), lt.sub_(lm)) + (1 - beta) * kl_sm
-        ctx.save_for_backward(s_BTV, t_BTV, lse_s, lse_t, D_BT)
+            zs, zt, e, *jsd_bufs = buf[:, : sl.stop - sl.start].unbind(0)
+            _scaled_(zs, s_BTV[b, sl], tau)
+            _scaled_(zt, t_BTV[b, sl], tau)
+            if kind == "fkl":  # sum T (log T - log S), T = e / sum_t
+                lse_s, _ = _exp_lse_(zs, e)
+                lse_t, sum_t = _exp_lse_(zt, e)
+                D = _dot_(e, zt.sub_(zs).sub_((lse_t - lse_s)[:, None])) / sum_t
+            elif kind == "rkl":  # sum S (log S - log T), S = e / sum_s
+                lse_t, _ = _exp_lse_(zt, e)
+                lse_s, sum_s = _exp_lse_(zs, e)
+                D = aux_BT[b, sl] = _dot_(e, zs.sub_(zt).sub_((lse_s - lse_t)[:, None])) / sum_s
+            else:  # beta KL(T || M) + (1 - beta) KL(S || M), M = beta T + (1 - beta) S
+                ps, lm = jsd_bufs
+                lse_s, sum_s = _exp_lse_(zs, ps)
+                lse_t, sum_t = _exp_lse_(zt, e)
+                ps.div_(sum_s[:, None])
+                pt = e.div_(sum_t[:, None])
+                _mixture_log_(lm, ps, pt, beta)
+                kl_sm = aux_BT[b, sl] = _dot_(ps, zs.sub_(lse_s[:, None]).sub_(lm))
+                D = beta * _dot_(pt, zt.sub_(lse_t[:, None]).sub_(lm)) + (1 - beta) * kl_sm
+            D_BT[b, sl], lse_s_BT[b, sl], lse_t_BT[b, sl] = D, lse_s, lse_t
+        ctx.save_for_backward(s_BTV, t_BTV, lse_s_BT, lse_t_BT, aux_BT)
         ctx.args = (lengths, kind, beta, tau, chunk)
         return D_BT
 
     @staticmethod
     def backward(ctx, g_BT):
-        s_BTV, t_BTV, lse_s, lse_t, D_BT = ctx.saved_tensors
+        s_BTV, t_BTV, lse_s_BT, lse_t_BT, aux_BT = ctx.saved_tensors
         lengths, kind, beta, tau, chunk = ctx.args
-        acc = lse_s.dtype
-        T = s_BTV.shape[1]
-        grad = torch.zeros(s_BTV.shape, dtype=s_BTV.dtype, device=s_BTV.device)
+        acc = lse_s_BT.dtype
+        B, T, V = s_BTV.shape
+        grad = _zero_beyond_lengths_(torch.empty(s_BTV.shape, dtype=s_BTV.dtype, device=s_BTV.device), lengths)
+        buf = s_BTV.new_empty(3, _block_rows(lengths, T, chunk), V, dtype=acc)
+        scale = 1.0 - beta if kind == "jsd" else 1.0
         for b, sl in _spans(lengths, T, chunk):
-            ls, _ = _log_softmax_block(s_BTV[b, sl], tau, acc, lse_s[b, sl])
-            lt, _ = _log_softmax_block(t_BTV[b, sl], tau, acc, lse_t[b, sl])
+            zs, zt, ps = buf[:, : sl.stop - sl.start].unbind(0)
+            g_N1 = g_BT[b, sl, None].to(acc) * (scale / tau)  # dD/dlogits = dD/dz / tau
+            lse_s, lse_t = lse_s_BT[b, sl, None], lse_t_BT[b, sl, None]
+            _scaled_(zs, s_BTV[b, sl], tau)
+            _scaled_(zt, t_BTV[b, sl], tau)
             if kind == "fkl":  # S - T
-                gz = ls.exp_().sub_(lt.exp_())
+                gz = zs.sub_(lse_s).exp_().sub_(zt.sub_(lse_t).exp_())
             elif kind == "rkl":  # S (log S - log T - D)
-                ps = ls.exp()
-                gz = ls.sub_(lt).sub_(D_BT[b, sl, None]).mul_(ps)
-            else:  # (1 - beta) S (log S - log M - KL(S || M))
-                ps = ls.exp()
-                lm = _mixture_log_(lt.exp_(), ps, beta)
-                d = ls.sub_(lm)
-                gz = d.sub_((ps * d).sum(-1, keepdim=True)).mul_(ps).mul_(1 - beta)
-            grad[b, sl] = gz.mul_(g_BT[b, sl, None].to(acc) / tau)
+                torch.sub(zs, lse_s, out=ps).exp_()
+                gz = zs.sub_(zt).sub_(lse_s - lse_t + aux_BT[b, sl, None]).mul_(ps)
+            else:  # (1 - beta) S (log S - log M - KL(S || M)); the (1 - beta) is in g_N1
+                ls = zs.sub_(lse_s)
+                torch.exp(ls, out=ps)
+                lm = _mixture_log_(zt, ps, zt.sub_(lse_t).exp_(), beta)
+                gz = ls.sub_(lm).sub_(aux_BT[b, sl, None]).mul_(ps)
+            torch.mul(gz, g_N1, out=grad[b, sl])
         return grad, None, None, None, None, None, None
 
 
-class _LogSumExp(torch.autograd.Function):
-    """logsumexp(z / tau) over V, chunked both ways (d/dz = softmax(z / tau) / tau)."""
+class _GatheredLogSoftmax(torch.autograd.Function):
+    """log softmax(z / tau) over all V, read at K indices per position; `_TokenLogprob` with K tokens.
+
+    Saves the logits (reference), the indices and the [B, T] logsumexp; backward writes
+    grad z = (scatter(g) - softmax(z / tau) sum_k g) / tau chunk by chunk into one gradient.
+    """
 
     @staticmethod
-    def forward(ctx, z_BTV, tau, chunk):
+    def forward(ctx, z_BTV, idx_BTK, lengths, tau, chunk):
         acc = _acc(z_BTV.dtype)
-        B, T, _ = z_BTV.shape
-        out = z_BTV.new_zeros(B, T, dtype=acc)
-        for b, sl in _spans([T] * B, T, chunk):
-            out[b, sl] = torch.logsumexp(z_BTV[b, sl].to(acc) / tau, -1)
-        ctx.save_for_backward(z_BTV, out)
-        ctx.args = (tau, chunk)
-        return out
+        B, T, V = z_BTV.shape
+        lse_BT = z_BTV.new_zeros(B, T, dtype=acc)
+        buf = z_BTV.new_empty(_block_rows(lengths, T, chunk), V, dtype=acc)
+        for b, sl in _spans(lengths, T, chunk):
+            lse_BT[b, sl] = torch.logsumexp(_scaled_(buf[: sl.stop - sl.start], z_BTV[b, sl], tau), -1)
+        ctx.save_for_backward(z_BTV, idx_BTK, lse_BT)
+        ctx.args = (lengths, tau, chunk)
+        return z_BTV.gather(-1, idx_BTK).to(acc) / tau - lse_BT[..., None]
 
     @staticmethod
-    def backward(ctx, g_BT):
-        z_BTV, lse = ctx.saved_tensors
-        tau, chunk = ctx.args
-        B, T, _ = z_BTV.shape
-        grad = torch.zeros(z_BTV.shape, dtype=z_BTV.dtype, device=z_BTV.device)
-        for b, sl in _spans([T] * B, T, chunk):
-            p = (z_BTV[b, sl].to(lse.dtype) / tau).sub_(lse[b, sl, None]).exp_()
-            grad[b, sl] = p.mul_(g_BT[b, sl, None] / tau)
-        return grad, None, None
+    def backward(ctx, g_BTK):
+        z_BTV, idx_BTK, lse_BT = ctx.saved_tensors
+        lengths, tau, chunk = ctx.args
+        B, T, V = z_BTV.shape
+        grad = _zero_beyond_lengths_(torch.empty(z_BTV.shape, dtype=z_BTV.dtype, device=z_BTV.device), lengths)
+        buf = z_BTV.new_empty(_block_rows(lengths, T, chunk), V, dtype=lse_BT.dtype)
+        for b, sl in _spans(lengths, T, chunk):
+            g_NK = g_BTK[b, sl].to(lse_BT.dtype)
+            p = _scaled_(buf[: sl.stop - sl.start], z_BTV[b, sl], tau).sub_(lse_BT[b, sl, None]).exp_()
+            d = p.mul_(-g_NK.sum(-1, keepdim=True)).scatter_add_(-1, idx_BTK[b, sl], g_NK)
+            torch.mul(d, 1.0 / tau, out=grad[b, sl])
+        return grad, None, None, None, None
 
 
-def _topk_indices(logits_BTV: Tensor, k: int, chunk: int) -> Tensor:
+def _topk_indices(logits_BTV: Tensor, k: int, lengths: list[int], chunk: int) -> Tensor:
+    """Top-k vocabulary indices per valid position (no grad); positions beyond a row's length get 0..k-1."""
     B, T, V = logits_BTV.shape
     k = min(k, V)
-    idx = torch.empty(B, T, k, dtype=torch.long, device=logits_BTV.device)
+    idx_BTK = torch.arange(k, device=logits_BTV.device).expand(B, T, k).clone()
     with torch.no_grad():
-        for b, sl in _spans([T] * B, T, chunk):
-            idx[b, sl] = logits_BTV[b, sl].topk(k, dim=-1).indices
-    return idx
+        for b, sl in _spans(lengths, T, chunk):
+            idx_BTK[b, sl] = logits_BTV[b, sl].topk(k, dim=-1).indices
+    return idx_BTK
 
 
 def _log1mexp(x: Tensor) -> Tensor:
-    """log(1 - exp(x)) for x <= 0, stable; x is clamped below 0 (SDPO clamps at -1e-7)."""
+    """log(1 - exp(x)), stable; x is clamped to <= -1e-7 first (as SDPO's tail bucket does)."""
     x = x.clamp(max=-1e-7)
     return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
@@ -237,36 +284,29 @@ def per_token_divergence(
     kind, beta = resolve_divergence(kind, beta)
     if support not in SUPPORTS:
         raise ValueError(f"support {support!r} is not one of {list(SUPPORTS)}")
+    if support != "full" and topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
     B, T, _ = student_logits_BTV.shape
     teacher = teacher_logits_BTV.detach()
-    lengths = [T] * B if lengths_B is None else [int(n) for n in lengths_B.tolist()]
+    lengths = [T] * B if lengths_B is None else [min(max(int(n), 0), T) for n in lengths_B.tolist()]
+    chunk = max(1, chunk_tokens)
     if support == "full":
-        return _FullVocabDivergence.apply(
-            student_logits_BTV, teacher, lengths, kind, beta, temperature, max(1, chunk_tokens)
-        )
+        return _FullVocabDivergence.apply(student_logits_BTV, teacher, lengths, kind, beta, temperature, chunk)
     acc = _acc(student_logits_BTV.dtype)
-    mask_BT = (
-        torch.arange(T, device=student_logits_BTV.device)[None, :]
-        < torch.tensor(lengths, device=student_logits_BTV.device)[:, None]
-    )
-    if support == "teacher_topk":
-        idx = _topk_indices(teacher, topk, chunk_tokens)
-        ls = torch.log_softmax(student_logits_BTV.gather(-1, idx).to(acc) / temperature, -1)
-        lt = torch.log_softmax(teacher.gather(-1, idx).to(acc) / temperature, -1)
-    else:
-        idx = _topk_indices(student_logits_BTV.detach(), topk, chunk_tokens)
-        ls = (
-            student_logits_BTV.gather(-1, idx).to(acc) / temperature
-            - _LogSumExp.apply(student_logits_BTV, temperature, chunk_tokens)[..., None]
-        )
+    if support == "teacher_topk":  # OPSD --top_k_loss: both renormalised over the teacher's top k
+        idx_BTK = _topk_indices(teacher, topk, lengths, chunk)
+        ls_BTK = torch.log_softmax(student_logits_BTV.gather(-1, idx_BTK).to(acc) / temperature, -1)
+        lt_BTK = torch.log_softmax(teacher.gather(-1, idx_BTK).to(acc) / temperature, -1)
+    else:  # SDPO add_tail: full-vocabulary log-probs at the student's top k, plus log(1 - their mass)
+        idx_BTK = _topk_indices(student_logits_BTV.detach(), topk, lengths, chunk)
+        ls_BTK = _GatheredLogSoftmax.apply(student_logits_BTV, idx_BTK, lengths, temperature, chunk)
         with torch.no_grad():
-            lt = (
-                teacher.gather(-1, idx).to(acc) / temperature
-                - _LogSumExp.apply(teacher, temperature, chunk_tokens)[..., None]
-            )
-        ls = torch.cat([ls, _log1mexp(torch.logsumexp(ls, -1, keepdim=True))], -1)
-        lt = torch.cat([lt, _log1mexp(torch.logsumexp(lt, -1, keepdim=True))], -1)
-    return divergence_from_logprobs(ls, lt, kind=kind, beta=beta) * mask_BT
+            lt_BTK = _GatheredLogSoftmax.apply(teacher, idx_BTK, lengths, temperature, chunk)
+        ls_BTK = torch.cat([ls_BTK, _log1mexp(torch.logsumexp(ls_BTK, -1, keepdim=True))], -1)
+        lt_BTK = torch.cat([lt_BTK, _log1mexp(torch.logsumexp(lt_BTK, -1, keepdim=True))], -1)
+    D_BT = divergence_from_logprobs(ls_BTK, lt_BTK, kind=kind, beta=beta)
+    valid_BT = torch.arange(T, device=D_BT.device) < torch.tensor(lengths, device=D_BT.device)[:, None]
+    return torch.where(valid_BT, D_BT, torch.zeros((), dtype=D_BT.dtype, device=D_BT.device))
 
 
 def sampled_token_loss(student_logp_BT: Tensor, teacher_logp_BT: Tensor) -> Tensor:

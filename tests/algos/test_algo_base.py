@@ -33,9 +33,11 @@ def test_duplicate_registration_rejected(monkeypatch):
         register_algo("x")(Algorithm)
 
 
-def test_base_class_needs_terms():
-    with pytest.raises(NotImplementedError):
-        Algorithm(AlgoCfg())
+def test_base_class_composes_terms_from_config():
+    # the base class builds the RL term alone by default; rl_coef 0 without distillation is refused
+    assert [type(t).__name__ for t in Algorithm(AlgoCfg()).terms] == ["PolicyGradientTerm"]
+    with pytest.raises(ValueError, match="loss would be empty"):
+        AlgoCfg(rl_coef=0.0)
 
 
 def test_shape_rewards_binary_plus_overlong():

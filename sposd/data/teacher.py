@@ -1,0 +1,62 @@
+"""Rendering teacher contexts: the privileged message around a reference / witness / partial reference.
+
+The teacher sequence is [these ids][the student's completion ids] with nothing in between (spec 0.3); the
+learner appends the completion.
+"""
+
+from __future__ import annotations
+
+from sposd.data.templates import build_teacher_message, render_prompt_ids, truncate_reference
+from sposd.ops.overlap import overlap, reveal_ratio
+
+
+class TeacherPrompts:
+    """Turns (problem, privileged text) into teacher context ids, and cuts references for PAINT.
+
+    Args:
+        tokenizer: the policy's tokenizer (chat template).
+        instruction: the same instruction the student sees.
+        enable_thinking: chat-template thinking flag (as for the student).
+        wrapper: "opsd" | "sdpo" teacher message.
+        max_len: teacher contexts longer than this are refused (`render` returns None).
+        reveal_min, reveal_direction, overlap_metric, reveal_unit, hidden_marker: PAINT's partial solution.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        instruction: str,
+        enable_thinking: bool,
+        wrapper: str = "opsd",
+        max_len: int | None = None,
+        reveal_min: float = 0.25,
+        reveal_direction: str = "more_when_close",
+        overlap_metric: str = "lcs_recall",
+        reveal_unit: str = "tokens",
+        hidden_marker: bool = False,
+    ) -> None:
+        self.tokenizer, self.instruction, self.enable_thinking = tokenizer, instruction, enable_thinking
+        self.wrapper, self.max_len = wrapper, max_len
+        self.reveal_min, self.reveal_direction = reveal_min, reveal_direction
+        self.overlap_metric, self.reveal_unit, self.hidden_marker = overlap_metric, reveal_unit, hidden_marker
+        self._ref_ids: dict[str, list[int]] = {}
+        self.last_rho: list[float] = []
+
+    def render(self, problem: str, privileged: str) -> list[int] | None:
+        """Teacher context ids (chat template, generation prompt added), or None when longer than max_len."""
+        msg = build_teacher_message(problem, privileged, wrapper=self.wrapper, instruction=self.instruction)
+        ids = render_prompt_ids(self.tokenizer, msg, enable_thinking=self.enable_thinking)
+        return None if self.max_len is not None and len(ids) > self.max_len else ids
+
+    def cut_reference(self, completion_ids: list[int], solution: str) -> str:
+        """PAINT: the reference with its suffix dropped, revealing rho = f(overlap(rollout, reference))."""
+        ref = self._ref_ids.get(solution)
+        if ref is None:
+            ref = self._ref_ids[solution] = list(self.tokenizer.encode(solution, add_special_tokens=False))
+            if len(self._ref_ids) > 4096:  # a bounded cache: one epoch of a large dataset must not pile up
+                self._ref_ids.pop(next(iter(self._ref_ids)))
+        o = overlap(completion_ids, ref, metric=self.overlap_metric)
+        rho = reveal_ratio(o, rho_min=self.reveal_min, direction=self.reveal_direction)
+        self.last_rho.append(rho)
+        return truncate_reference(self.tokenizer, solution, rho, unit=self.reveal_unit, marker=self.hidden_marker)
