@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import tempfile
@@ -60,10 +61,18 @@ def main() -> None:
         "overrides": overrides,
     }
     out["other_frac"] = 1.0 - out["rollout_frac"] - out["learn_frac"] - out["sync_frac"]
+    out["learn_s"] = mean["time/learn_s"]
+    if all("time/teacher_fwd_s" in r for r in rows):
+        out["teacher_fwd_s"] = statistics.mean(r["time/teacher_fwd_s"] for r in rows)
+    # peak resident memory of this process (learner + in-process vLLM + verifier parent), for comparing algorithms
+    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"\nstep time (mean over {len(rows)} steps after the first): {step:.3f} s")
     for k in ("rollout", "learn", "sync", "other"):
         print(f"  {k:<8} {out[k + '_frac'] * 100:5.1f}%  {out[k + '_frac'] * step:.3f} s")
     print(f"  (other includes verify: {out['verify_frac'] * 100:.1f}%)")
+    if "teacher_fwd_s" in out:
+        print(f"  teacher forward passes: {out['teacher_fwd_s']:.3f} s/step (inside learn)")
+    print(f"peak RSS of the process: {out['peak_rss_gb']:.2f} GB")
     if args.json:
         print(json.dumps(out))
 

@@ -88,7 +88,7 @@ def collect(out: Path, algos: list[str], seeds: list[int]) -> dict:
                     "heldout_accuracy": acc,
                     "reward": [r["reward/mean"] for r in rows],
                     "accuracy": [r["reward/accuracy"] for r in rows],
-                    "step_s": statistics.mean(r["time/step_s"] for r in rows[1:]) if len(rows) > 1 else None,
+                    "step_s": statistics.median(r["time/step_s"] for r in rows[1:]) if len(rows) > 1 else None,
                 }
             )
         res[algo] = runs
@@ -104,7 +104,7 @@ def table(res: dict) -> str:
     head = (
         "| algo | "
         + " | ".join(f"acc@{s}" for s in steps)
-        + " | Δ (final − base) | train acc, last 10 steps | s/step |"
+        + " | Δ (final − base) | train acc, last 10 steps | median s/step |"
     )
     lines = [head, "|" + "---|" * (len(steps) + 4)]
     for algo, runs in res.items():

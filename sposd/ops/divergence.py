@@ -7,13 +7,13 @@ S = softmax(z_S / tau), T = softmax(z_T / tau) at each completion position; the 
     jsd(b)  M = b T + (1 - b) S;  b KL(T || M) + (1 - b) KL(S || M);  b = 0 -> fkl, b = 1 -> rkl
             (the OPSD / SDPO code convention, not the mathematical limit, which is 0)
 
-Full-vocabulary divergences never hold two [B, T, V] temporaries: `per_token_divergence(support="full")` is a
-custom autograd function that works one [chunk, V] fp32 block at a time and recomputes in backward with the
-analytic gradients w.r.t. z = logits / tau (then / tau):
+Full-vocabulary divergences never hold a [B, T, V] temporary besides the returned gradient:
+`per_token_divergence(support="full")` is a custom autograd function that works in a few [chunk, V] fp32 blocks
+and recomputes in backward with the analytic gradients w.r.t. z = logits / tau (then / tau):
 
     fkl:  dD/dz_S = S - T
     rkl:  dD/dz_S = S (log S - log T - D)
-    jsd:  dD/dz_S = (1 - b) S (log S - log M - KL(S || M))
+    jsd:  dD/dz_S = (1 - b) S (log S - log M - KL(S || M))    (dD/dS = (1 - b) log(S / M), then the softmax Jacobian)
 
 Legend: B rows, T completion positions, V vocabulary, K support size of a top-k divergence, N positions.
 """
@@ -34,6 +34,11 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _floor(dtype: torch.dtype) -> float:
+    """Finite stand-in for -inf logits (masked tokens), so 0 * log-ratio stays 0 instead of NaN."""
+    return max(-1e30, torch.finfo(dtype).min)
+
+
 def resolve_divergence(kind: str, beta: float) -> tuple[str, float]:
     """jsd with beta 0 -> ("fkl", 0.0), beta 1 -> ("rkl", 1.0) (code convention); otherwise unchanged."""
     if kind not in DIVERGENCES:
@@ -48,8 +53,9 @@ def resolve_divergence(kind: str, beta: float) -> tuple[str, float]:
 
 
 def _plogr(p: Tensor, log_ratio: Tensor) -> Tensor:
-    """p * log_ratio with 0 where p == 0 (so a -inf log-prob of an impossible token gives 0, not NaN)."""
-    return torch.where(p > 0, p * log_ratio, torch.zeros((), dtype=p.dtype, device=p.device))
+    """p * log_ratio, 0 where p == 0 in value and gradient (the inner where keeps 0 * inf out of backward too)."""
+    live = p > 0
+    return torch.where(live, p * torch.where(live, log_ratio, 0.0), 0.0)
 
 
 def divergence_from_logprobs(s_logp_NK: Tensor, t_logp_NK: Tensor, *, kind: str, beta: float = 0.5) -> Tensor:
@@ -67,7 +73,9 @@ def divergence_from_logprobs(s_logp_NK: Tensor, t_logp_NK: Tensor, *, kind: str,
         return _plogr(lt.exp(), lt - ls).sum(-1)
     if kind == "rkl":
         return _plogr(ls.exp(), ls - lt).sum(-1)
-    lm = torch.logaddexp(lt + math.log(beta), ls + math.log1p(-beta))
+    # floored so an entry where both are -inf gets a finite log M (logaddexp's backward is NaN at (-inf, -inf))
+    floor = _floor(ls.dtype)
+    lm = torch.logaddexp(lt.clamp(min=floor) + math.log(beta), ls.clamp(min=floor) + math.log1p(-beta))
     return beta * _plogr(lt.exp(), lt - lm).sum(-1) + (1 - beta) * _plogr(ls.exp(), ls - lm).sum(-1)
 
 
@@ -99,11 +107,6 @@ def _zero_beyond_lengths_(grad_BTV: Tensor, lengths: list[int]) -> Tensor:
     return grad_BTV
 
 
-def _floor(dtype: torch.dtype) -> float:
-    """Finite stand-in for -inf logits (masked tokens), so 0 * log-ratio stays 0 instead of NaN."""
-    return max(-1e30, torch.finfo(dtype).min)
-
-
 def _scaled_(out_NV: Tensor, x_NV: Tensor, tau: float) -> Tensor:
     """out <- max(x, floor) / tau in out's (accumulation) dtype; the only copy of the input chunk."""
     if x_NV.dtype == out_NV.dtype:
@@ -113,12 +116,14 @@ def _scaled_(out_NV: Tensor, x_NV: Tensor, tau: float) -> Tensor:
     return out_NV.div_(tau) if tau != 1.0 else out_NV
 
 
-def _exp_lse_(z_NV: Tensor, e_NV: Tensor) -> tuple[Tensor, Tensor]:
-    """e <- exp(z - max z) row-wise; returns (logsumexp z, sum e), so softmax(z) = e / sum."""
-    m_N1 = z_NV.amax(-1, keepdim=True)
-    torch.sub(z_NV, m_N1, out=e_NV).exp_()
-    sum_N = e_NV.sum(-1)
-    return m_N1.squeeze(-1) + sum_N.log(), sum_N
+def _log_softmax_(out_NV: Tensor, z_NV: Tensor) -> Tensor:
+    """out <- log_softmax(z) over V: one fused kernel (the one naive log_softmax uses), written into out."""
+    return torch._log_softmax(z_NV, -1, False, out=out_NV)
+
+
+def _softmax_(out_NV: Tensor, z_NV: Tensor) -> Tensor:
+    """out <- softmax(z) over V: one fused kernel, written into out."""
+    return torch._softmax(z_NV, -1, False, out=out_NV)
 
 
 def _dot_(a_NV: Tensor, b_NV: Tensor) -> Tensor:
@@ -132,71 +137,63 @@ def _mixture_log_(out_NV: Tensor, ps_NV: Tensor, pt_NV: Tensor, beta: float) -> 
 
 
 class _FullVocabDivergence(torch.autograd.Function):
-    """Chunked full-vocabulary divergence that saves its inputs (references) and [B, T] statistics only.
+    """Chunked full-vocabulary divergence that saves its inputs (references) and one [B, T] statistic.
 
-    Forward and backward each work in a few preallocated [chunk, V] blocks of the accumulation dtype (3, or 5
-    for jsd's forward) with in-place and out= ops; backward recomputes both softmaxes from the saved per-position
-    logsumexps and writes chunk by chunk into the one [B, T, V] gradient it returns.
-    Saved per position: lse of both models, plus D (rkl) or KL(S || M) (jsd) for the gradient's centring term.
+    Forward and backward each work in a few preallocated [chunk, V] blocks of the accumulation dtype (3, or 5 for
+    jsd's forward) with fused (log-)softmax kernels and in-place / out= ops, and backward recomputes both
+    distributions and writes chunk by chunk into the one [B, T, V] gradient it returns. The statistic saved for the
+    gradient's centring term is D itself (rkl) or KL(S || M) (jsd).
     """
 
     @staticmethod
     def forward(ctx, s_BTV, t_BTV, lengths, kind, beta, tau, chunk):
         acc = _acc(s_BTV.dtype)
         B, T, V = s_BTV.shape
-        D_BT, lse_s_BT, lse_t_BT, aux_BT = (s_BTV.new_zeros(B, T, dtype=acc) for _ in range(4))
+        D_BT, aux_BT = s_BTV.new_zeros(B, T, dtype=acc), s_BTV.new_zeros(B, T, dtype=acc)
         buf = s_BTV.new_empty(5 if kind == "jsd" else 3, _block_rows(lengths, T, chunk), V, dtype=acc)
         for b, sl in _spans(lengths, T, chunk):
-            zs, zt, e, *jsd_bufs = buf[:, : sl.stop - sl.start].unbind(0)
-            _scaled_(zs, s_BTV[b, sl], tau)
-            _scaled_(zt, t_BTV[b, sl], tau)
-            if kind == "fkl":  # sum T (log T - log S), T = e / sum_t
-                lse_s, _ = _exp_lse_(zs, e)
-                lse_t, sum_t = _exp_lse_(zt, e)
-                D = _dot_(e, zt.sub_(zs).sub_((lse_t - lse_s)[:, None])) / sum_t
-            elif kind == "rkl":  # sum S (log S - log T), S = e / sum_s
-                lse_t, _ = _exp_lse_(zt, e)
-                lse_s, sum_s = _exp_lse_(zs, e)
-                D = aux_BT[b, sl] = _dot_(e, zs.sub_(zt).sub_((lse_s - lse_t)[:, None])) / sum_s
+            z, ls, lt, *jsd_bufs = buf[:, : sl.stop - sl.start].unbind(0)
+            _log_softmax_(ls, _scaled_(z, s_BTV[b, sl], tau))
+            _log_softmax_(lt, _scaled_(z, t_BTV[b, sl], tau))
+            if kind == "fkl":  # sum T (log T - log S)
+                D_BT[b, sl] = _dot_(torch.exp(lt, out=z), lt.sub_(ls))
+            elif kind == "rkl":  # sum S (log S - log T)
+                D_BT[b, sl] = aux_BT[b, sl] = _dot_(torch.exp(ls, out=z), ls.sub_(lt))
             else:  # beta KL(T || M) + (1 - beta) KL(S || M), M = beta T + (1 - beta) S
-                ps, lm = jsd_bufs
-                lse_s, sum_s = _exp_lse_(zs, ps)
-                lse_t, sum_t = _exp_lse_(zt, e)
-                ps.div_(sum_s[:, None])
-                pt = e.div_(sum_t[:, None])
-                _mixture_log_(lm, ps, pt, beta)
-                kl_sm = aux_BT[b, sl] = _dot_(ps, zs.sub_(lse_s[:, None]).sub_(lm))
-                D = beta * _dot_(pt, zt.sub_(lse_t[:, None]).sub_(lm)) + (1 - beta) * kl_sm
-            D_BT[b, sl], lse_s_BT[b, sl], lse_t_BT[b, sl] = D, lse_s, lse_t
-        ctx.save_for_backward(s_BTV, t_BTV, lse_s_BT, lse_t_BT, aux_BT)
+                pt, lm = jsd_bufs
+                ps = torch.exp(ls, out=z)
+                _mixture_log_(lm, ps, torch.exp(lt, out=pt), beta)
+                aux_BT[b, sl] = kl_sm = _dot_(ls.sub_(lm), ps)
+                D_BT[b, sl] = beta * _dot_(lt.sub_(lm), pt) + (1 - beta) * kl_sm
+        ctx.save_for_backward(s_BTV, t_BTV, aux_BT)
         ctx.args = (lengths, kind, beta, tau, chunk)
         return D_BT
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, g_BT):
-        s_BTV, t_BTV, lse_s_BT, lse_t_BT, aux_BT = ctx.saved_tensors
+        s_BTV, t_BTV, aux_BT = ctx.saved_tensors
         lengths, kind, beta, tau, chunk = ctx.args
-        acc = lse_s_BT.dtype
+        acc = aux_BT.dtype
         B, T, V = s_BTV.shape
         grad = _zero_beyond_lengths_(torch.empty(s_BTV.shape, dtype=s_BTV.dtype, device=s_BTV.device), lengths)
         buf = s_BTV.new_empty(3, _block_rows(lengths, T, chunk), V, dtype=acc)
-        scale = 1.0 - beta if kind == "jsd" else 1.0
+        scale = (1.0 - beta if kind == "jsd" else 1.0) / tau  # dD/dlogits = dD/dz / tau
         for b, sl in _spans(lengths, T, chunk):
-            zs, zt, ps = buf[:, : sl.stop - sl.start].unbind(0)
-            g_N1 = g_BT[b, sl, None].to(acc) * (scale / tau)  # dD/dlogits = dD/dz / tau
-            lse_s, lse_t = lse_s_BT[b, sl, None], lse_t_BT[b, sl, None]
-            _scaled_(zs, s_BTV[b, sl], tau)
-            _scaled_(zt, t_BTV[b, sl], tau)
+            z, a, c = buf[:, : sl.stop - sl.start].unbind(0)
+            g_N1 = g_BT[b, sl, None].to(acc) * scale
             if kind == "fkl":  # S - T
-                gz = zs.sub_(lse_s).exp_().sub_(zt.sub_(lse_t).exp_())
-            elif kind == "rkl":  # S (log S - log T - D)
-                torch.sub(zs, lse_s, out=ps).exp_()
-                gz = zs.sub_(zt).sub_(lse_s - lse_t + aux_BT[b, sl, None]).mul_(ps)
-            else:  # (1 - beta) S (log S - log M - KL(S || M)); the (1 - beta) is in g_N1
-                ls = zs.sub_(lse_s)
-                torch.exp(ls, out=ps)
-                lm = _mixture_log_(zt, ps, zt.sub_(lse_t).exp_(), beta)
-                gz = ls.sub_(lm).sub_(aux_BT[b, sl, None]).mul_(ps)
+                ps = _softmax_(a, _scaled_(z, s_BTV[b, sl], tau))
+                gz = ps.sub_(_softmax_(c, _scaled_(z, t_BTV[b, sl], tau)))
+            else:
+                ls = _log_softmax_(a, _scaled_(z, s_BTV[b, sl], tau))
+                lt = _log_softmax_(c, _scaled_(z, t_BTV[b, sl], tau))
+                ps = torch.exp(ls, out=z)
+                if kind == "rkl":  # S (log S - log T - D)
+                    gz = ls.sub_(lt).sub_(aux_BT[b, sl, None]).mul_(ps)
+                else:  # (1 - beta) S (log S - log M - KL(S || M)); (1 - beta) is in g_N1
+                    lm = _mixture_log_(lt, ps, lt.exp_(), beta)
+                    gz = ls.sub_(lm).sub_(aux_BT[b, sl, None]).mul_(ps)
             torch.mul(gz, g_N1, out=grad[b, sl])
         return grad, None, None, None, None, None, None
 
@@ -221,6 +218,7 @@ class _GatheredLogSoftmax(torch.autograd.Function):
         return z_BTV.gather(-1, idx_BTK).to(acc) / tau - lse_BT[..., None]
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, g_BTK):
         z_BTV, idx_BTK, lse_BT = ctx.saved_tensors
         lengths, tau, chunk = ctx.args
@@ -304,9 +302,13 @@ def per_token_divergence(
             lt_BTK = _GatheredLogSoftmax.apply(teacher, idx_BTK, lengths, temperature, chunk)
         ls_BTK = torch.cat([ls_BTK, _log1mexp(torch.logsumexp(ls_BTK, -1, keepdim=True))], -1)
         lt_BTK = torch.cat([lt_BTK, _log1mexp(torch.logsumexp(lt_BTK, -1, keepdim=True))], -1)
-    D_BT = divergence_from_logprobs(ls_BTK, lt_BTK, kind=kind, beta=beta)
-    valid_BT = torch.arange(T, device=D_BT.device) < torch.tensor(lengths, device=D_BT.device)[:, None]
-    return torch.where(valid_BT, D_BT, torch.zeros((), dtype=D_BT.dtype, device=D_BT.device))
+    # positions beyond a row's length (no top-k, no logsumexp was computed there): a uniform stand-in keeps
+    # everything finite, then D = 0 with exactly zero gradient through the where
+    n_B1 = torch.tensor(lengths, device=ls_BTK.device)[:, None]
+    valid_BT1 = (torch.arange(T, device=ls_BTK.device) < n_B1)[..., None]
+    uniform = -math.log(ls_BTK.shape[-1])
+    ls_BTK, lt_BTK = torch.where(valid_BT1, ls_BTK, uniform), torch.where(valid_BT1, lt_BTK, uniform)
+    return torch.where(valid_BT1[..., 0], divergence_from_logprobs(ls_BTK, lt_BTK, kind=kind, beta=beta), 0.0)
 
 
 def sampled_token_loss(student_logp_BT: Tensor, teacher_logp_BT: Tensor) -> Tensor:
@@ -354,5 +356,6 @@ def interpolate_teacher_logits_(
     rows, cols = mask_BT.nonzero(as_tuple=True)
     for s in range(0, rows.numel(), chunk_tokens):
         r, c = rows[s : s + chunk_tokens], cols[s : s + chunk_tokens]
-        mixed = torch.lerp(teacher_logits_BTV[r, c].float(), student_logits_BTV[r, c].detach().float(), gamma)
+        acc = _acc(teacher_logits_BTV.dtype)
+        mixed = torch.lerp(teacher_logits_BTV[r, c].to(acc), student_logits_BTV[r, c].detach().to(acc), gamma)
         teacher_logits_BTV[r, c] = mixed.to(teacher_logits_BTV.dtype)

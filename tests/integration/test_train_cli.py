@@ -132,3 +132,24 @@ def test_distillation_algorithms_run_two_steps(algo, extra, tmp_path):
     if algo == "paint":
         assert all(0.25 <= r["distill/reveal_ratio"] <= 1 for r in rows)
         assert all(r["distill/interp_tokens"] > 0 for r in rows)
+
+
+def test_ssopd_on_two_cpu_ranks_keeps_teacher_passes_in_step(tmp_path):
+    # Each rank finds its own mixed groups, so one rank may need a teacher pass in a micro-batch where the
+    # other has none: that rank must run a matching dummy pass or ZeRO-3's parameter gathers deadlock.
+    run = tmp_path / "ssopd2"
+    _train(
+        run,
+        "hardware=cpu2",
+        "algo=ssopd",
+        "algo.group_size=8",
+        "prompts_per_step=8",
+        "save_final=false",
+        "model.max_new_tokens=48",
+        "hardware.micro_batch_tokens=1024",
+        timeout=600,
+    )
+    rows = _metrics(run)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert sum(r["distill/targets"] for r in rows) > 0
+    assert all(r["actor/rollout_logp_abs_diff"] < 1e-4 for r in rows)

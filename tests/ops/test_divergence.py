@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sposd.ops.divergence import (
+    _log1mexp,
     divergence_from_logprobs,
     entropy_mismatch_mask,
     interpolate_teacher_logits_,
@@ -19,7 +20,7 @@ from sposd.ops.divergence import (
 
 LN2 = math.log(2)
 T3 = torch.tensor([0.5, 0.25, 0.25])
-S3 = torch.tensor([0.5, 0.5, 0.0]).add(torch.tensor([-0.25, 0.0, 0.25]))  # [0.25, 0.5, 0.25]
+S3 = torch.tensor([0.25, 0.5, 0.25])
 
 
 def test_hand_computed_on_three_tokens():
@@ -36,6 +37,23 @@ def test_hand_computed_on_three_tokens():
     # .25 [.5 ln(.5/.3125) + .25 ln(.25/.4375)] + .75 [.25 ln(.25/.3125) + .5 ln(.5/.4375)]
     j25 = 0.25 * (0.5 * math.log(1.6) + 0.25 * math.log(4 / 7)) + 0.75 * (0.25 * math.log(0.8) + 0.5 * math.log(8 / 7))
     torch.testing.assert_close(divergence_from_logprobs(ls, lt, kind="jsd", beta=0.25), torch.tensor(j25))
+
+
+def test_hand_computed_gradients_of_the_chunked_path():
+    # logits = log-probs, tau = 1: S = [.25, .5, .25], T = [.5, .25, .25]
+    s = S3.log().reshape(1, 1, 3).requires_grad_()
+    t = T3.log().reshape(1, 1, 3)
+    # fkl: dD/dz = S - T = [-.25, .25, 0]
+    (g,) = torch.autograd.grad(per_token_divergence(s, t, kind="fkl").sum(), s)
+    torch.testing.assert_close(g[0, 0], torch.tensor([-0.25, 0.25, 0.0]))
+    # rkl: S (log S/T - D), D = .25 ln2, log S/T = [-ln2, ln2, 0]
+    #   = [.25 (-1.25 ln2), .5 (.75 ln2), .25 (-.25 ln2)] = ln2 [-.3125, .375, -.0625]
+    (g,) = torch.autograd.grad(per_token_divergence(s, t, kind="rkl").sum(), s)
+    torch.testing.assert_close(g[0, 0], LN2 * torch.tensor([-0.3125, 0.375, -0.0625]))
+    # at tau = 2 the same logits give softmax(z / 2) and the gradient carries an extra 1/2
+    s2, t2 = (2 * S3.log()).reshape(1, 1, 3).requires_grad_(), (2 * T3.log()).reshape(1, 1, 3)
+    (g,) = torch.autograd.grad(per_token_divergence(s2, t2, kind="fkl", temperature=2.0).sum(), s2)
+    torch.testing.assert_close(g[0, 0], torch.tensor([-0.125, 0.125, 0.0]))
 
 
 def test_jsd_endpoints_follow_the_code_convention_and_half_is_symmetric():
@@ -61,6 +79,33 @@ def test_zero_probabilities_give_no_nan():
     assert divergence_from_logprobs(ls, lt, kind="rkl") == math.inf
 
 
+@pytest.mark.parametrize("kind", ["fkl", "rkl", "jsd"])
+def test_a_token_impossible_under_both_gives_zero_gradient_not_nan(kind):
+    # token 3 has probability 0 under both (a -inf log-prob): it adds 0 to D and gets gradient 0, never NaN
+    ls = torch.tensor([0.5, 0.3, 0.2, 0.0]).log().requires_grad_()
+    lt = torch.tensor([0.25, 0.25, 0.5, 0.0]).log()
+    d = divergence_from_logprobs(ls, lt, kind=kind)
+    ref = divergence_from_logprobs(ls[:3].detach(), lt[:3], kind=kind)
+    torch.testing.assert_close(d.detach(), ref)
+    d.backward()
+    assert torch.isfinite(ls.grad).all() and ls.grad[3] == 0
+
+
+def test_masked_vocabulary_logits_in_the_chunked_path():
+    # the last vocabulary entry is -inf for both models: D is the divergence over the other 6, gradient 0 there
+    torch.manual_seed(5)
+    s = torch.randn(2, 4, 7)
+    s[..., -1] = -math.inf
+    s.requires_grad_()
+    t = torch.randn(2, 4, 7)
+    t[..., -1] = -math.inf
+    for kind in ("fkl", "rkl", "jsd"):
+        d = per_token_divergence(s, t, kind=kind, chunk_tokens=3)
+        (g,) = torch.autograd.grad(d.sum(), s)
+        torch.testing.assert_close(d, naive_divergence(s[..., :-1], t[..., :-1], kind=kind))
+        assert torch.isfinite(g).all() and g[..., -1].abs().max() == 0
+
+
 @pytest.mark.parametrize("kind,beta", [("fkl", 0.5), ("rkl", 0.5), ("jsd", 0.5), ("jsd", 0.3)])
 def test_chunked_full_vocab_equals_naive_on_a_strided_view_with_lengths(kind, beta):
     torch.manual_seed(0)
@@ -82,12 +127,20 @@ def test_chunked_full_vocab_equals_naive_on_a_strided_view_with_lengths(kind, be
     assert g[1, 3:].abs().max() == 0 and g[2].abs().max() == 0  # beyond each row's length
 
 
-def test_bf16_student_is_upcast_per_chunk():
+@pytest.mark.parametrize("kind", ["fkl", "rkl", "jsd"])
+def test_bf16_student_is_upcast_per_chunk(kind):
     torch.manual_seed(1)
-    s, t = torch.randn(2, 5, 13).bfloat16(), torch.randn(2, 5, 13).bfloat16()
-    d = per_token_divergence(s, t, kind="jsd", chunk_tokens=3)
-    assert d.dtype == torch.float32
-    torch.testing.assert_close(d, naive_divergence(s.float(), t.float(), kind="jsd"), atol=1e-5, rtol=1e-4)
+    s = torch.randn(2, 5, 13).bfloat16().requires_grad_()
+    t = torch.randn(2, 5, 13).bfloat16()
+    w = torch.randn(2, 5)
+    d = per_token_divergence(s, t, kind=kind, temperature=1.1, chunk_tokens=3)
+    (g,) = torch.autograd.grad((d * w).sum(), s)
+    assert d.dtype == torch.float32 and g.dtype == torch.bfloat16
+    s32 = s.detach().float().requires_grad_()
+    d32 = naive_divergence(s32, t.float(), kind=kind, temperature=1.1)
+    (g32,) = torch.autograd.grad((d32 * w).sum(), s32)
+    torch.testing.assert_close(d, d32, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(g.float(), g32, atol=2e-3, rtol=1e-2)  # the gradient is rounded to bf16
 
 
 @pytest.mark.parametrize("support", ["full", "teacher_topk", "student_topk_tail"])
@@ -110,6 +163,8 @@ def test_gradcheck_float64(support, kind, beta):
 def test_topk_with_k_equal_vocab_is_the_full_divergence(support):
     torch.manual_seed(3)
     s, t = torch.randn(2, 4, 9), torch.randn(2, 4, 9)
+    # k = V leaves no tail mass: log(1 - 1) is floored at SDPO's log(1 - exp(-1e-7)) = log(~1e-7)
+    assert _log1mexp(torch.tensor(0.0)).exp() < 1e-6
     for kind in ("fkl", "rkl", "jsd"):
         torch.testing.assert_close(
             per_token_divergence(s, t, kind=kind, support=support, topk=9),
@@ -128,12 +183,16 @@ def test_student_topk_tail_bucket_holds_the_rest_of_the_mass():
     torch.testing.assert_close(d, torch.tensor([[0.25 * math.log(0.5) + 0.75 * math.log(1.5)]]))
 
 
-def test_teacher_never_receives_a_gradient():
-    s = torch.randn(1, 3, 4, requires_grad=True)
-    t = torch.randn(1, 3, 4, requires_grad=True)
-    for support in ("full", "teacher_topk", "student_topk_tail"):
-        per_token_divergence(s, t, kind="jsd", support=support, topk=2).sum().backward()
-    assert t.grad is None and s.grad is not None
+@pytest.mark.parametrize("support", ["full", "teacher_topk", "student_topk_tail"])
+def test_teacher_gets_no_gradient_and_positions_beyond_length_get_zero(support):
+    torch.manual_seed(6)
+    s = torch.randn(2, 3, 4, requires_grad=True)
+    t = torch.randn(2, 3, 4, requires_grad=True)
+    d = per_token_divergence(s, t, kind="jsd", support=support, topk=2, lengths_B=torch.tensor([2, 0]))
+    d.sum().backward()
+    assert t.grad is None
+    assert d[0, 2] == 0 and not d[1].any() and d[0, :2].min() > 0
+    assert s.grad[0, 2].abs().max() == 0 and s.grad[1].abs().max() == 0 and s.grad[0, :2].abs().max() > 0
 
 
 def test_sampled_token_loss_value_and_gradient():
@@ -177,3 +236,35 @@ def test_interpolation_touches_only_masked_positions():
     torch.testing.assert_close(t2, torch.ones(1, 3, 2))
     interpolate_teacher_logits_(t2, s, mask, gamma=1.0)
     torch.testing.assert_close(t2[0, 1], torch.tensor([6.0, 8.0]))
+
+
+def _gkd_style_jsd(student_logits, teacher_logits, beta, temperature):
+    """The formula of the public generalized_jsd_loss (OPSD / TRL GKD), written with F.kl_div as they do:
+    beta 0 -> kl_div(log S, log T) = KL(T||S); beta 1 -> kl_div(log T, log S) = KL(S||T); otherwise the
+    mixture log M = logsumexp([log S + log(1-beta), log T + log beta]) and beta KL(T||M) + (1-beta) KL(S||M)."""
+    import torch.nn.functional as F
+
+    ls = F.log_softmax(student_logits / temperature, dim=-1)
+    lt = F.log_softmax(teacher_logits / temperature, dim=-1)
+    if beta == 0:
+        return F.kl_div(ls, lt, reduction="none", log_target=True).sum(-1)
+    if beta == 1:
+        return F.kl_div(lt, ls, reduction="none", log_target=True).sum(-1)
+    b = torch.tensor(beta)
+    lm = torch.logsumexp(torch.stack([ls + torch.log1p(-b), lt + torch.log(b)]), dim=0)
+    kl_t = F.kl_div(lm, lt, reduction="none", log_target=True).sum(-1)
+    kl_s = F.kl_div(lm, ls, reduction="none", log_target=True).sum(-1)
+    return beta * kl_t + (1 - beta) * kl_s
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_parity_with_the_public_generalized_jsd_formula(beta):
+    torch.manual_seed(4)
+    s = torch.randn(2, 5, 17, requires_grad=True)
+    t = torch.randn(2, 5, 17)
+    ref = _gkd_style_jsd(s, t, beta, 1.1)
+    ours = per_token_divergence(s, t, kind="jsd", beta=beta, temperature=1.1, chunk_tokens=3)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+    (g_ref,) = torch.autograd.grad(ref.sum(), s)
+    (g_ours,) = torch.autograd.grad(ours.sum(), s)
+    torch.testing.assert_close(g_ours, g_ref, atol=1e-6, rtol=1e-5)
