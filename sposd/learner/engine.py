@@ -69,6 +69,28 @@ def _load_model(path: str, *, dtype: str, trust_remote_code: bool, ds_cfg: dict 
     return model
 
 
+def _forget_stale_deepspeed_groups() -> None:
+    """Drop DeepSpeed's cached process groups that belong to a destroyed world.
+
+    DeepSpeed caches its data-parallel / world groups in module globals. When something tears the default
+    group down in-process (vLLM's engine shutdown does) and a new world is created, a second learner in the
+    same process would otherwise be handed a group torch no longer knows ("Group ... is not registered").
+    """
+    import torch.distributed as tdist
+    from deepspeed.utils import groups
+
+    live = set(tdist.distributed_c10d._world.pg_map) if tdist.is_initialized() else set()
+    for name, value in list(vars(groups).items()):
+        if not name.startswith("_") or not name.endswith("GROUP"):
+            continue
+        if isinstance(value, tdist.ProcessGroup) and value not in live:
+            setattr(groups, name, None)
+        elif isinstance(value, dict) and any(
+            isinstance(v, tdist.ProcessGroup) and v not in live for v in value.values()
+        ):
+            setattr(groups, name, {})
+
+
 class DeepSpeedLearner:
     """Owns the trainable policy (and, when the algorithm needs one, a frozen reference copy).
 
@@ -104,6 +126,7 @@ class DeepSpeedLearner:
         self.algo, self.device, self.pad_id = algo, device, pad_id
         self.micro_batch_tokens, self.loss_temperature = micro_batch_tokens, loss_temperature
         self.rank, self.world = sdist.init_distributed(device)
+        _forget_stale_deepspeed_groups()
         cfg = ds_config(
             dtype=dtype,
             zero_stage=zero_stage,
