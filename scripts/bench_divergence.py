@@ -258,13 +258,14 @@ def main() -> None:
         for kind in args.kinds:
             results[kind] = _bench_kind(kind, args, run, Path(tmp_dir), grad_mb)
             print(_line(kind, results[kind], tol), flush=True)
+    # one key per divergence ("fkl", "rkl", "jsd") beside the shape and settings used
     out = {
         "T": args.T,
         "V": args.V,
         "device": args.device,
         "dtype": args.dtype,
         "chunk_tokens": args.chunk_tokens,
-        "results": results,
+        **results,
     }
     if args.out:
         args.out.write_text(json.dumps(out, indent=1) + "\n")
