@@ -69,6 +69,11 @@ def _load_model(path: str, *, dtype: str, trust_remote_code: bool, ds_cfg: dict 
     return model
 
 
+def use_cached_torch_extensions() -> None:
+    """DeepSpeed JIT-builds C++ ops on first use (~30 s each on a CPU): keep them in one cache across runs."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path("~/.cache/sposd/torch_extensions").expanduser()))
+
+
 def _forget_stale_deepspeed_groups() -> None:
     """Drop DeepSpeed's cached process groups that belong to a destroyed world.
 
@@ -120,7 +125,7 @@ class DeepSpeedLearner:
         offload_optimizer: bool = False,
         offload_params: bool = False,
     ) -> None:
-        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path("~/.cache/sposd/torch_extensions").expanduser()))
+        use_cached_torch_extensions()
         import deepspeed
 
         self.algo, self.device, self.pad_id = algo, device, pad_id
