@@ -64,6 +64,8 @@ def main() -> None:
     out["learn_s"] = mean["time/learn_s"]
     if all("time/teacher_fwd_s" in r for r in rows):
         out["teacher_fwd_s"] = statistics.mean(r["time/teacher_fwd_s"] for r in rows)
+    if all("mem/learn_peak_gb" in r for r in rows):  # learner step's peak above what was resident before it
+        out["learn_peak_gb"] = max(r["mem/learn_peak_gb"] for r in rows)
     # peak resident memory of this process (learner + in-process vLLM + verifier parent), for comparing algorithms
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"\nstep time (mean over {len(rows)} steps after the first): {step:.3f} s")
@@ -72,6 +74,8 @@ def main() -> None:
     print(f"  (other includes verify: {out['verify_frac'] * 100:.1f}%)")
     if "teacher_fwd_s" in out:
         print(f"  teacher forward passes: {out['teacher_fwd_s']:.3f} s/step (inside learn)")
+    if "learn_peak_gb" in out:
+        print(f"learner step peak memory above resident (max over steps): {out['learn_peak_gb'] * 1024:.1f} MB")
     print(f"peak RSS of the process: {out['peak_rss_gb']:.2f} GB")
     if args.json:
         print(json.dumps(out))

@@ -96,6 +96,47 @@ def _forget_stale_deepspeed_groups() -> None:
             setattr(groups, name, {})
 
 
+class PeakMemory:
+    """Peak memory of a block above what was in use when it started, in GB (None where it cannot be measured).
+
+    CUDA: the caching allocator's peak counter. CPU (Linux): the process's peak resident set (VmHWM), reset to the
+    current RSS through /proc/self/clear_refs, so the figure covers everything the block allocated and touched.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device == "cuda" and torch.cuda.is_available()
+        self.base: float | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+                self.base = _status_bytes("VmRSS")
+            except (OSError, ValueError):
+                self.base = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    @property
+    def peak_gb(self) -> float | None:
+        if self.base is None:
+            return None
+        peak = torch.cuda.max_memory_allocated() if self.cuda else _status_bytes("VmHWM")
+        return max(peak - self.base, 0) / 2**30
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise ValueError(f"{field} is not in /proc/self/status")
+
+
 class DeepSpeedLearner:
     """Owns the trainable policy (and, when the algorithm needs one, a frozen reference copy).
 
@@ -252,14 +293,17 @@ class DeepSpeedLearner:
         metrics: dict[str, float] = {}
         t0 = time.perf_counter()
         n_steps = 0
-        for _ in range(cfg.ppo_epochs):
-            for k, mbs in enumerate(minibatches):
-                m = self._optimizer_step(mbs, old[k] if old else None, ref[k] if ref else None, max_len)
-                for key, v in m.items():
-                    metrics[key] = metrics.get(key, 0.0) + v
-                n_steps += 1
+        with PeakMemory(self.device) as mem:
+            for _ in range(cfg.ppo_epochs):
+                for k, mbs in enumerate(minibatches):
+                    m = self._optimizer_step(mbs, old[k] if old else None, ref[k] if ref else None, max_len)
+                    for key, v in m.items():
+                        metrics[key] = metrics.get(key, 0.0) + v
+                    n_steps += 1
         metrics = {k: v / n_steps for k, v in metrics.items()}
         metrics["time/learn_fwd_bwd_s"] = time.perf_counter() - t0
+        if mem.peak_gb is not None:  # the largest rank's: what the step needs on top of what was resident
+            metrics["mem/learn_peak_gb"] = sdist.all_reduce([mem.peak_gb], op="max")[0]
         return metrics
 
     @torch.no_grad()

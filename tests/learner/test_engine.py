@@ -1,4 +1,6 @@
-"""A learner built after the default process group was torn down and re-created in the same process.
+"""Learner engine helpers.
+
+A learner built after the default process group was torn down and re-created in the same process:
 
 vLLM's in-process engine destroys the default group when it shuts down; DeepSpeed keeps its cloned world
 group in a module global. Without `_forget_stale_deepspeed_groups`, the next learner's ZeRO-3 optimizer asks
@@ -10,9 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.integration
 
-
+@pytest.mark.integration  # DeepSpeed's comm backend
 def test_stale_world_group_is_dropped_after_the_world_is_recreated():
     import deepspeed
     import torch.distributed as tdist
@@ -34,3 +35,16 @@ def test_stale_world_group_is_dropped_after_the_world_is_recreated():
 
     assert groups._WORLD_GROUP is None
     assert tdist.get_rank(group=groups._clone_world_group()) == 0  # a fresh clone of the live world
+
+
+def test_peak_memory_counts_what_a_block_allocates_and_frees():
+    import torch
+
+    from sposd.learner.engine import PeakMemory
+
+    with PeakMemory("cpu") as mem:
+        x = torch.ones(16, 2**20)  # 16 x 2^20 x 4 B = 64 MiB, every page touched
+        del x
+    if mem.base is None:
+        pytest.skip("no /proc/self/clear_refs on this platform")
+    assert 60 / 1024 < mem.peak_gb < 1.0, mem.peak_gb
