@@ -62,13 +62,20 @@ def main() -> None:
     }
     out["other_frac"] = 1.0 - out["rollout_frac"] - out["learn_frac"] - out["sync_frac"]
     out["learn_s"] = mean["time/learn_s"]
+    # medians resist the 10x outliers a busy 2-core machine produces when another process takes a core
+    out["step_s_median"] = statistics.median(r["time/step_s"] for r in rows)
+    out["learn_s_median"] = statistics.median(r["time/learn_s"] for r in rows)
     if all("time/teacher_fwd_s" in r for r in rows):
         out["teacher_fwd_s"] = statistics.mean(r["time/teacher_fwd_s"] for r in rows)
+        out["teacher_fwd_s_median"] = statistics.median(r["time/teacher_fwd_s"] for r in rows)
     if all("mem/learn_peak_gb" in r for r in rows):  # learner step's peak above what was resident before it
         out["learn_peak_gb"] = max(r["mem/learn_peak_gb"] for r in rows)
     # peak resident memory of this process (learner + in-process vLLM + verifier parent), for comparing algorithms
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"\nstep time (mean over {len(rows)} steps after the first): {step:.3f} s")
+    print(
+        f"\nstep time (mean over {len(rows)} steps after the first): {step:.3f} s "
+        f"(median {out['step_s_median']:.3f} s, learn median {out['learn_s_median']:.3f} s)"
+    )
     for k in ("rollout", "learn", "sync", "other"):
         print(f"  {k:<8} {out[k + '_frac'] * 100:5.1f}%  {out[k + '_frac'] * step:.3f} s")
     print(f"  (other includes verify: {out['verify_frac'] * 100:.1f}%)")

@@ -270,9 +270,8 @@ class DeepSpeedLearner:
             self.engine.module.named_parameters(), self.teacher.module.named_parameters(), strict=True
         ):
             assert ns == nt, f"teacher and policy parameters differ: {ns} vs {nt}"
-            src = ps.ds_tensor if hasattr(ps, "ds_tensor") else ps.data
-            dst = pt.ds_tensor if hasattr(pt, "ds_tensor") else pt.data
-            dst.lerp_(src.to(dst.dtype), rate)
+            dst = _shard(pt)
+            dst.lerp_(_shard(ps).to(dst.dtype), rate)
 
     def _dummy_backward(self) -> None:
         """Zero-loss forward/backward: keeps ZeRO-3's collectives in step when this rank has fewer micro-batches."""
@@ -423,6 +422,42 @@ class DeepSpeedLearner:
             out_m["time/teacher_fwd_s"] = t_teacher
         return out_m
 
+    # ---- checkpoints ---------------------------------------------------------------------------------
+    def save_state(self, ckpt_dir: Path) -> None:
+        """Write this rank's part of a checkpoint; every rank must call it (DeepSpeed's save is collective).
+
+        DeepSpeed's own checkpoint under `policy/` (ZeRO-3 parameter and optimizer shards, the LR schedule), and
+        for an EMA / periodic teacher this rank's shard of it. A frozen initial teacher or reference model needs
+        nothing: it is the starting model.
+        """
+        self.engine.save_checkpoint(
+            str(ckpt_dir), tag="policy", client_state={"optimizer_steps": self.optimizer_steps}, save_latest=False
+        )
+        if self._teacher_has_state:
+            shards = {n: _shard(p).detach().clone() for n, p in self.teacher.module.named_parameters()}
+            torch.save(shards, Path(ckpt_dir) / f"teacher_rank_{self.rank:05d}.pt")
+
+    def load_state(self, ckpt_dir: Path) -> None:
+        """Restore what `save_state` wrote (the same world size; DeepSpeed's shards are per rank)."""
+        path, client = self.engine.load_checkpoint(
+            str(ckpt_dir), tag="policy", load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise FileNotFoundError(f"{ckpt_dir}/policy holds no DeepSpeed checkpoint for this world size")
+        self.optimizer_steps = int(client["optimizer_steps"])
+        if self._teacher_has_state:
+            f = Path(ckpt_dir) / f"teacher_rank_{self.rank:05d}.pt"
+            if not f.exists():
+                raise FileNotFoundError(f"{f} is missing: the checkpoint was written without this teacher")
+            shards = torch.load(f, map_location="cpu")
+            with torch.no_grad():
+                for n, p in self.teacher.module.named_parameters():
+                    _shard(p).copy_(shards[n])
+
+    @property
+    def _teacher_has_state(self) -> bool:
+        return self.teacher is not None and self.teacher_kind in ("ema", "periodic")
+
     # ---- export --------------------------------------------------------------------------------------
     def save_hf(self, out_dir: str | Path, *, tokenizer=None) -> Path | None:
         """Write the current policy in Hugging Face format (rank 0), atomically; every rank must call this."""
@@ -440,6 +475,11 @@ class DeepSpeedLearner:
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
         return out_dir
+
+
+def _shard(p: torch.nn.Parameter) -> torch.Tensor:
+    """This rank's part of a parameter: its ZeRO-3 partition, or the whole tensor without ZeRO-3."""
+    return p.ds_tensor if hasattr(p, "ds_tensor") else p.data
 
 
 def _pad(rows: list[torch.Tensor], T: int) -> torch.Tensor:

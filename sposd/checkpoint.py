@@ -1,0 +1,135 @@
+"""Training checkpoints: complete-or-absent `step_N/` directories, a `latest` pointer, keep-last-N, resume lookup.
+
+Layout of a run directory's checkpoints (every rank writes into the same, shared, directory):
+
+    checkpoints/
+        step_20/                  a complete checkpoint (it has meta.json: written last, before the rename)
+            meta.json             step, world size, metrics offset, data-sampler state (rank 0)
+            rank_00000.pt ...     per-rank RNG states and anything else a rank alone owns
+            policy/               DeepSpeed's own checkpoint: ZeRO-3 shards, optimizer, LR scheduler
+            teacher_rank_00000.pt the EMA / periodic teacher's shard of each rank (when the algorithm has one)
+            model/                config.json + tokenizer: what `sposd export` needs to rebuild a HF model
+        step_30.tmp/              being written; never read, removed by the next save or start
+        latest                    "step_20": the newest complete checkpoint
+
+A checkpoint becomes visible only by the atomic rename `step_N.tmp` -> `step_N` after every rank has written
+its part and rank 0 has written meta.json, so a kill at any moment leaves either the previous state or the
+new one, never a half-written directory under a real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from sposd import dist as sdist
+from sposd.logging import write_atomic
+
+CKPT_DIRNAME = "checkpoints"
+META = "meta.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return Path(run_dir) / CKPT_DIRNAME
+
+
+def is_complete(path: Path) -> bool:
+    """A checkpoint directory counts only once its meta.json exists (written last, just before the rename)."""
+    return _STEP_DIR.match(path.name) is not None and (path / META).is_file()
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under root, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and is_complete(p)]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The checkpoint `latest` names if it is complete, else the highest complete step (the pointer may lag)."""
+    pointer = root / "latest"
+    if pointer.is_file():
+        named = root / pointer.read_text().strip()
+        newest = list_checkpoints(root)
+        if is_complete(named) and (not newest or newest[-1] == named):
+            return named
+    done = list_checkpoints(root)
+    return done[-1] if done else None
+
+
+def resolve_resume(resume: str, run_dir: Path) -> Path | None:
+    """Which checkpoint to start from: "auto" (the newest in this run, or none), "never", or a path.
+
+    Raises:
+        FileNotFoundError: a path that is not a complete checkpoint (names what would be valid).
+    """
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return latest_checkpoint(checkpoint_root(run_dir))
+    path = Path(resume).expanduser()
+    if path.is_dir() and not is_complete(path):  # a run directory, or its checkpoints/ folder
+        inner = latest_checkpoint(path if path.name == CKPT_DIRNAME else checkpoint_root(path))
+        if inner is not None:
+            return inner
+    if not is_complete(path):
+        raise FileNotFoundError(
+            f"train.resume={resume!r} is not a complete checkpoint (a checkpoints/step_N directory with {META}), "
+            "nor a run directory that has one; use auto, never, or such a path"
+        )
+    return path
+
+
+def read_meta(path: Path) -> dict:
+    return json.loads((path / META).read_text())
+
+
+def begin(root: Path, step: int) -> Path:
+    """Start writing checkpoint `step` (all ranks): a fresh `step_N.tmp/` directory, returned to every rank."""
+    tmp = root / f"step_{step}.tmp"
+    if sdist.rank() == 0:
+        remove_partial(root)
+        tmp.mkdir(parents=True)
+    sdist.barrier()
+    return tmp
+
+
+def commit(root: Path, tmp: Path, step: int, meta: dict, *, keep: int) -> Path:
+    """Finish checkpoint `step` (all ranks, after each wrote its part): meta.json, rename, `latest`, prune."""
+    final = root / f"step_{step}"
+    sdist.barrier()  # every rank's files are on disk
+    if sdist.rank() == 0:
+        write_atomic(tmp / META, json.dumps({"step": step, **meta}, indent=1) + "\n")
+        _fsync_dir(tmp)
+        if final.exists():  # a checkpoint of this step from an earlier attempt: the new one replaces it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        write_atomic(root / "latest", final.name + "\n")
+        for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    sdist.barrier()
+    return final
+
+
+def remove_partial(root: Path) -> None:
+    """Delete leftovers of interrupted saves (`step_N.tmp/`); rank 0 only."""
+    if root.is_dir():
+        for p in root.glob("step_*.tmp"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
