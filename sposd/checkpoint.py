@@ -133,3 +133,51 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def save_model_files(ckpt_dir: Path, config, *, tokenizer=None) -> None:
+    """Rank 0: the model's HF config (and tokenizer) under model/, so a checkpoint can be exported alone."""
+    if sdist.rank() == 0:
+        config.save_pretrained(Path(ckpt_dir) / "model")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(Path(ckpt_dir) / "model")
+
+
+def export_hf(ckpt: Path, out_dir: Path) -> Path:
+    """Write the policy of a checkpoint as a Hugging Face model (config, safetensors, tokenizer), atomically.
+
+    The ZeRO-3 shards are merged on the CPU by DeepSpeed's zero_to_fp32 (no process group, no GPU), then cast to
+    the model's saved dtype.
+
+    Raises:
+        FileNotFoundError: `ckpt` is not a complete checkpoint, or lacks its model/ or policy/ part.
+    """
+    import torch
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    ckpt, out_dir = Path(ckpt), Path(out_dir)
+    if not is_complete(ckpt):
+        raise FileNotFoundError(f"{ckpt} is not a complete checkpoint (a checkpoints/step_N directory with {META})")
+    for part in ("model", "policy"):
+        if not (ckpt / part).is_dir():
+            raise FileNotFoundError(f"{ckpt} has no {part}/ directory: it was not written by `sposd train`")
+    config = AutoConfig.from_pretrained(ckpt / "model")
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="policy")
+    model = AutoModelForCausalLM.from_config(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight") and getattr(config, "tie_word_embeddings", False)}
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"{ckpt}: parameters do not match the model: missing {missing}, unexpected {unexpected}")
+    dtype = getattr(config, "torch_dtype", None) or getattr(config, "dtype", None) or torch.float32
+    model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    try:
+        AutoTokenizer.from_pretrained(ckpt / "model").save_pretrained(tmp)
+    except (OSError, ValueError):  # a checkpoint of a model saved without a tokenizer: weights only
+        pass
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir

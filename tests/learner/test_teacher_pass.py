@@ -107,7 +107,9 @@ def test_checkpoint_restores_optimizer_schedule_and_ema_teacher_exactly(tiny_mod
     a.train_step(samples, max_len=8)
     tmp = ck.begin(tmp_path, 1)
     a.save_state(tmp)
+    ck.save_model_files(tmp, a.module.config, tokenizer=None)
     saved = ck.commit(tmp_path, tmp, 1, {}, keep=1)
+    theta_1 = _gathered(a.module)
     second = a.train_step(samples, max_len=8)
     theta_a, teacher_a = _gathered(a.module), _gathered(a.teacher.module)
 
@@ -120,3 +122,11 @@ def test_checkpoint_restores_optimizer_schedule_and_ema_teacher_exactly(tiny_mod
     for n in theta_a:
         torch.testing.assert_close(theta_b[n], theta_a[n], atol=0, rtol=0)  # Adam moments restored too
         torch.testing.assert_close(teacher_b[n], teacher_a[n], atol=0, rtol=0)
+
+    # `sposd export`: the checkpoint's policy as a plain transformers model, equal to the gathered weights
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(ck.export_hf(saved, tmp_path / "hf"), dtype=torch.float32)
+    sd = exported.state_dict()
+    for n, t in theta_1.items():
+        torch.testing.assert_close(sd[n], t, atol=0, rtol=0)
