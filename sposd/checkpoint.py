@@ -79,8 +79,8 @@ def resolve_resume(resume: str, run_dir: Path) -> Path | None:
             return inner
     if not is_complete(path):
         raise FileNotFoundError(
-            f"train.resume={resume!r} is not a complete checkpoint (a checkpoints/step_N directory with {META}), "
-            "nor a run directory that has one; use auto, never, or such a path"
+            f"{resume!r} is not a complete checkpoint (a checkpoints/step_N directory with {META}), "
+            "nor a run directory that has one"
         )
     return path
 

@@ -17,6 +17,9 @@ commands:
   train    RL / on-policy self-distillation (vLLM rollouts + DeepSpeed ZeRO-3 learner)
            `sposd train` alone runs the embedded default: tiny model + toy task on the CPU.
 
+  export   write a Hugging Face model from a training checkpoint: sposd export <checkpoint> <dir>
+  report   table + plots of final and best metrics over a run or sweep: sposd report <dir>
+
 `sposd <command> --help` lists config groups and options; Hydra flags (-m, --cfg job, --info) work.
 """
 
@@ -104,7 +107,32 @@ def _print_summary(summary: dict) -> None:
         print(f"final model (HF format): {summary['final']}")
 
 
-COMMANDS = {"train": _train_app}
+def _export_app() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="sposd export", description="Write the policy of a training checkpoint as a Hugging Face model."
+    )
+    ap.add_argument("checkpoint", type=Path, help="a checkpoints/step_N directory, or a run directory (its newest)")
+    ap.add_argument("out", type=Path, help="output directory (replaced atomically)")
+    args = ap.parse_args(sys.argv[1:])
+    from sposd.checkpoint import export_hf, resolve_resume
+
+    try:
+        ckpt = resolve_resume(str(args.checkpoint), args.checkpoint)
+        out = export_hf(ckpt, args.out)
+    except (FileNotFoundError, ValueError) as e:
+        _die(str(e))
+    print(f"exported {ckpt} -> {out}")
+
+
+def _report_app() -> None:
+    from sposd.report import main as report_main
+
+    report_main(sys.argv[1:])
+
+
+COMMANDS = {"train": _train_app, "export": _export_app, "report": _report_app}
 
 
 def main(argv: list[str] | None = None) -> None:

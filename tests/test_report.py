@@ -1,0 +1,99 @@
+"""`sposd report` on crafted run directories: grouping by config minus seed, final/best, mean ± std, files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from sposd.report import main, report
+
+
+def _run(d, *, algo, seed, lr, rewards, losses, heldout=None):
+    d.mkdir(parents=True)
+    cfg = {"seed": seed, "run_dir": str(d), "algo": {"name": algo, "group_size": 8}, "optim": {"lr": lr}}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = []
+    for i, (r, loss) in enumerate(zip(rewards, losses, strict=True), start=1):
+        row = {"step": i, "reward/mean": r, "loss/total": loss}
+        if heldout and i in heldout:
+            row["eval/heldout_accuracy"] = heldout[i]
+        rows.append(row)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "rew')  # torn line
+
+
+@pytest.fixture()
+def sweep(tmp_path):
+    root = tmp_path / "multirun"
+    _run(root / "0_algo=grpo,seed=0", algo="grpo", seed=0, lr=1e-4, rewards=[0.1, 0.3, 0.2], losses=[1.0, 0.5, 0.7])
+    _run(root / "1_algo=grpo,seed=1", algo="grpo", seed=1, lr=1e-4, rewards=[0.2, 0.5, 0.4], losses=[0.9, 0.4, 0.6])
+    _run(
+        root / "2_algo=ssopd,seed=0",
+        algo="ssopd",
+        seed=0,
+        lr=1e-4,
+        rewards=[0.3, 0.4, 0.6],
+        losses=[0.8, 0.2, 0.3],
+        heldout={3: 0.5},
+    )
+    _run(
+        root / "3_algo=ssopd,seed=1",
+        algo="ssopd",
+        seed=1,
+        lr=1e-4,
+        rewards=[0.3, 0.2, 0.2],
+        losses=[0.6, 0.3, 0.1],
+        heldout={3: 0.3},
+    )
+    return root
+
+
+def test_points_final_best_mean_std(sweep):
+    s = report(sweep)["summary"]
+    assert list(s["points"]) == ["algo.name=grpo", "algo.name=ssopd"]  # lr is equal everywhere: not in the label
+    grpo = s["points"]["algo.name=grpo"]
+    assert sorted(grpo["seeds"]) == [0, 1] and grpo["steps"] == [3, 3]  # the torn 4th line is ignored
+    r = grpo["metrics"]["reward/mean"]
+    # final: 0.2 and 0.4 -> mean 0.3, sample std sqrt(((-.1)^2 + .1^2) / 1) = 0.1414
+    assert r["final_mean"] == pytest.approx(0.3) and r["final_std"] == pytest.approx(0.1414, abs=1e-4)
+    # best (max): 0.3 and 0.5 -> 0.4
+    assert r["best_mean"] == pytest.approx(0.4)
+    loss = grpo["metrics"]["loss/total"]
+    assert loss["better"] == "min" and loss["best_mean"] == pytest.approx(0.45)  # min 0.5 and 0.4
+    h = s["points"]["algo.name=ssopd"]["metrics"]["eval/heldout_accuracy"]
+    assert h["final_mean"] == pytest.approx(0.4) and h["n"] == 2  # (0.5 + 0.3) / 2
+    assert "eval/heldout_accuracy" not in grpo["metrics"]  # never logged for grpo
+
+
+def test_files_and_table(sweep, capsys):
+    main([str(sweep)])
+    out = capsys.readouterr().out
+    assert "| algo.name=ssopd | 2 | 3 |" in out and "0.3 ± 0.14" in out
+    assert (sweep / "report.md").read_text().startswith("| sweep point |")
+    assert json.loads((sweep / "report.json").read_text())["metrics"][0] == "reward/mean"
+    for name in ("report_reward_mean.png", "report_loss_total.png", "report_eval_heldout_accuracy.png"):
+        assert (sweep / name).stat().st_size > 1000
+
+
+def test_label_lists_every_varying_key_but_the_seed(tmp_path):
+    _run(tmp_path / "a", algo="grpo", seed=0, lr=1e-4, rewards=[0.1], losses=[1.0])
+    _run(tmp_path / "b", algo="grpo", seed=1, lr=3e-4, rewards=[0.1], losses=[1.0])
+    assert list(report(tmp_path)["summary"]["points"]) == ["optim.lr=0.0001", "optim.lr=0.0003"]
+
+
+def test_empty_dir_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path)])
+    assert e.value.code == 2
+    assert "holds no run directory" in capsys.readouterr().err
+
+
+def test_label_comes_from_the_sweep_overrides_when_hydra_wrote_them(sweep):
+    import yaml as y
+
+    for d in sorted(sweep.iterdir()):
+        algo, seed = d.name.split("_", 1)[1].split(",")
+        (d / ".hydra").mkdir()
+        (d / ".hydra" / "overrides.yaml").write_text(y.safe_dump([algo, seed, "num_steps=3", "hydra.x=1"]))
+    assert list(report(sweep)["summary"]["points"]) == ["algo=grpo", "algo=ssopd"]
