@@ -83,7 +83,9 @@ def _train_app() -> None:
         except ValueError as e:
             _die(str(e))
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        if tcfg.hardware.nproc > 1 and "RANK" not in os.environ:
+        from sposd.dist import launched_as_ranks
+
+        if tcfg.hardware.nproc > 1 and not launched_as_ranks():
             _relaunch_ranks(tcfg.hardware.nproc, str(run_dir))
             return
         try:

@@ -98,6 +98,7 @@ class HardwareCfg:
     name: str = MISSING
     device: str = "cpu"
     nproc: int = 1
+    nodes: int = 1
     zero_stage: int = 3
     offload_optimizer: bool = False
     offload_params: bool = False
@@ -113,6 +114,7 @@ class HardwareCfg:
         _check_choice("hardware.device", self.device, ("cpu", "cuda"))
         _check_choice("hardware.zero_stage", self.zero_stage, (0, 1, 2, 3))
         _check_positive("hardware.nproc", self.nproc)
+        _check_positive("hardware.nodes", self.nodes)
         _check_positive("hardware.micro_batch_tokens", self.micro_batch_tokens)
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             raise ValueError(
@@ -197,9 +199,11 @@ class TrainCfg:
         _check_positive("num_steps", self.num_steps, allow_zero=True)
         _check_positive("prompts_per_step", self.prompts_per_step)
         _check_positive("heldout_every", self.heldout_every, allow_zero=True)
-        if self.prompts_per_step % self.hardware.nproc:
+        world = self.hardware.nproc * self.hardware.nodes
+        if self.prompts_per_step % world:
             raise ValueError(
-                f"prompts_per_step={self.prompts_per_step} must be divisible by hardware.nproc={self.hardware.nproc}"
+                f"prompts_per_step={self.prompts_per_step} must be divisible by the number of ranks "
+                f"hardware.nproc x hardware.nodes = {world}"
             )
 
 

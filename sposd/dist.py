@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
+from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
@@ -15,12 +17,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: "gpu[03-05,9],cpu1" -> "gpu03" (what `scontrol show hostnames` prints
+    first), without calling scontrol."""
+    head = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
+    if head is None or not head.group(1):
+        raise ValueError(f"cannot parse SLURM node list {nodelist!r}")
+    prefix, ranges = head.group(1), head.group(3)
+    if ranges is None:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def slurm_rendezvous(env: Mapping[str, str]) -> dict[str, str] | None:
+    """torchrun-style variables for a SLURM job step whose tasks are the ranks (`srun`, one task per GPU).
+
+    None unless SLURM runs more than one task (SLURM_NTASKS > 1) and torchrun has not set RANK already. The
+    master is the job's first node; the port is derived from the job id, so every task computes the same one.
+    """
+    if "RANK" in env or int(env.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in env:
+        return None
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    if not nodelist:
+        raise ValueError("SLURM_NTASKS > 1 but no SLURM_JOB_NODELIST: cannot find the rendezvous host")
+    return {
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": env["SLURM_NTASKS"],
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "MASTER_ADDR": env.get("MASTER_ADDR") or first_host(nodelist),
+        "MASTER_PORT": env.get("MASTER_PORT") or str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000),
+    }
+
+
+def launched_as_ranks() -> bool:
+    """True when this process is already one rank of a multi-process job (torchrun, or srun tasks)."""
+    return "RANK" in os.environ or slurm_rendezvous(os.environ) is not None
+
+
 def init_distributed(device: str) -> tuple[int, int]:
     """Join (or, for a lone process, create) the default process group; returns (rank, world_size).
 
-    torchrun sets RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; a plain `sposd train` is a world of one, which
-    DeepSpeed needs all the same.
+    torchrun sets RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; under SLURM (`srun`, a task per rank) they are
+    derived from SLURM's variables; a plain `sposd train` is a world of one, which DeepSpeed needs all the same.
     """
+    slurm = slurm_rendezvous(os.environ)
+    if slurm is not None:
+        os.environ.update(slurm)
     if not dist.is_initialized():
         backend = "nccl" if device == "cuda" else "gloo"
         if device == "cuda":

@@ -42,24 +42,69 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 class MetricsLogger:
-    """Appends one JSON object per step to metrics.jsonl; mirrors to wandb when enabled. Rank 0 only."""
+    """Appends one JSON object per step to metrics.jsonl; mirrors to wandb when enabled. Rank 0 only.
 
-    def __init__(self, run_dir: Path, *, enabled: bool, wandb_cfg: dict | None = None, config: dict | None = None):
+    Resuming at step N (`resume_from=N`) first drops the rows of steps after N (logged before an interruption,
+    then redone), so every step appears exactly once; the wandb run with the id saved in the run directory is
+    continued rather than a new one started.
+
+    Args:
+        run_dir: the run directory.
+        enabled: False on every rank but 0.
+        wandb_cfg: the logger config (project, entity, group, tags, mode) or None for no wandb. A null group
+            becomes the sweep directory's name inside a multirun, so a sweep's points are grouped together.
+        config: the resolved run config, logged to wandb (secret-looking values redacted).
+        resume_from: the step of the checkpoint this run resumes (None for a fresh run).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        enabled: bool,
+        wandb_cfg: dict | None = None,
+        config: dict | None = None,
+        resume_from: int | None = None,
+    ):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self._wandb = None
-        if enabled and wandb_cfg is not None:
+        if not enabled:
+            return
+        if resume_from is not None:
+            self._drop_after(resume_from)
+        elif self.path.exists():  # a fresh start in a used directory (train.resume=never): start the log over
+            self.path.unlink()
+        if wandb_cfg is not None:
             import wandb
 
+            id_file = run_dir / "wandb_run_id"
+            run_id = id_file.read_text().strip() if resume_from is not None and id_file.exists() else None
             self._wandb = wandb.init(
                 project=wandb_cfg["project"],
                 entity=wandb_cfg.get("entity"),
-                group=wandb_cfg.get("group"),
+                group=wandb_cfg.get("group") or _sweep_group(run_dir),
                 tags=list(wandb_cfg.get("tags") or []),
                 mode=wandb_cfg.get("mode", "online"),
                 dir=str(run_dir),
                 config=redact_secrets(config or {}),
+                id=run_id,
+                resume="allow" if run_id else None,
             )
+            write_atomic(id_file, self._wandb.id + "\n")
+
+    def _drop_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # the torn last line of a killed run
+                continue
+            if row.get("step", 0) <= step:
+                kept.append(line + "\n")
+        write_atomic(self.path, "".join(kept))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -73,3 +118,16 @@ class MetricsLogger:
     def close(self) -> None:
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _sweep_group(run_dir: Path) -> str | None:
+    """Inside a Hydra multirun (run dir = <sweep dir>/<job subdir>) the sweep's directory name, else None."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None
+    if hc.mode is None or hc.mode.name != "MULTIRUN":
+        return None
+    return Path(hc.sweep.dir).name
