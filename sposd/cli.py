@@ -85,6 +85,12 @@ def _train_app() -> None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         from sposd.dist import launched_as_ranks
 
+        hw = tcfg.hardware
+        if hw.nodes > 1 and not launched_as_ranks():
+            _die(
+                f"hardware.nodes={hw.nodes} needs one process per rank on every node: launch it through SLURM "
+                "(-m hydra/launcher=slurm, or srun with one task per GPU) or torchrun --nnodes"
+            )
         if tcfg.hardware.nproc > 1 and not launched_as_ranks():
             _relaunch_ranks(tcfg.hardware.nproc, str(run_dir))
             return
