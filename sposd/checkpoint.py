@@ -23,6 +23,10 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 from sposd import dist as sdist
@@ -181,3 +185,62 @@ def export_hf(ckpt: Path, out_dir: Path) -> Path:
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return out_dir
+
+
+class StopSignals:
+    """Turns stop signals (SLURM preemption, time limit, Ctrl-C) into a request to stop at the next step boundary.
+
+    The loop polls `requested()` after each step (an all-reduce, so every rank stops at the same step), saves a
+    checkpoint and exits. A second SIGINT interrupts at once (the default handler is restored after the first).
+    Handlers can only be installed from the main thread; elsewhere this is inert.
+
+    Args:
+        names: signal names, e.g. ["SIGTERM", "SIGUSR1"].
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = list(names)
+        self.received: str | None = None
+        self._old: dict[int, object] = {}
+
+    def install(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for name in self.names:
+                sig = getattr(signal, name)
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def requested(self) -> str | None:
+        """The first signal any rank received (collective: every rank must call it at the same point)."""
+        hit = sdist.all_reduce([float(self.received is not None)], op="max")[0] > 0
+        return (self.received or "signal on another rank") if hit else None
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+def requeue_slurm_job() -> str | None:
+    """Rank 0 under SLURM: `scontrol requeue` this job so it restarts (and resumes); returns what was done."""
+    job_id = os.environ.get("SLURM_JOB_ID")  # an array task has its own job id too
+    if not job_id or sdist.rank() != 0:
+        return None
+    try:
+        r = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"scontrol requeue {job_id} failed: {e}"
+    return f"requeued SLURM job {job_id}" if r.returncode == 0 else f"scontrol requeue {job_id}: {r.stderr.strip()}"
+
+
+def fault_pause() -> None:
+    """Testing aid: SPOSD_FAULT_CKPT_PAUSE_S=<s> sleeps inside every checkpoint write (after the shards, before
+    the commit), so a test can kill a run mid-write. Unset in normal use."""
+    pause = float(os.environ.get("SPOSD_FAULT_CKPT_PAUSE_S", "0") or 0)
+    if pause > 0:
+        time.sleep(pause)

@@ -57,9 +57,17 @@ def _relaunch_ranks(nproc: int, run_dir: str) -> None:
         "hydra/job_logging=none",
         "hydra/hydra_logging=none",
     ]
-    rc = subprocess.call(cmd, env={**os.environ, "SPOSD_CHILD_RANK": "1"})
+    import signal
+
+    proc = subprocess.Popen(cmd, env={**os.environ, "SPOSD_CHILD_RANK": "1"})
+    # A terminal's Ctrl-C reaches torchrun and the ranks directly (one process group); a scheduler's signals to
+    # this process are passed on, so the ranks can finish their step and checkpoint.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, lambda signum, frame: proc.send_signal(signum))
+    rc = proc.wait()
     if rc:
-        sys.exit(rc)
+        sys.exit(rc if rc > 0 else 128 - rc)
 
 
 def _train_app() -> None:
@@ -100,12 +108,26 @@ def _train_app() -> None:
             _die(str(e))
         if int(os.environ.get("RANK", "0")) == 0:
             _print_summary(summary)
+        stopped = summary.get("stopped")
+        if stopped and not (stopped.get("requeue") or "").startswith("requeued"):
+            import signal
+
+            # stopped by a signal and not requeued: the conventional 128 + signal number tells scripts it did not end
+            sys.exit(128 + int(getattr(signal, stopped["signal"], signal.SIGTERM)))
 
     _main()
 
 
 def _print_summary(summary: dict) -> None:
     print(f"\nrun directory: {summary['run_dir']}")
+    if "stopped" in summary:
+        s = summary["stopped"]
+        print(
+            f"stopped by {s['signal']} after step {s['step']}; checkpoint saved"
+            + (f"; {s['requeue']}" if s.get("requeue") else "")
+            + ". Run the same command again to resume."
+        )
+        return
     if "base_accuracy" in summary:
         print(
             f"held-out accuracy  base: {summary['base_accuracy']:.3f}   trained: "

@@ -173,6 +173,50 @@ class OptimCfg:
             raise ValueError(f"optim.betas needs two values, got {self.betas}")
 
 
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
+
+
+@dataclass(kw_only=True)
+class CheckpointCfg:
+    """When training state is saved (run_dir/checkpoints/step_N, see sposd/checkpoint.py).
+
+    Attributes:
+        every: save every N steps (0: only on exit).
+        keep: complete checkpoints kept (the newest); 0 keeps all.
+        on_exit: also save when the run ends (the last step, or a stop signal).
+        signals: signals that stop the run cleanly: finish the current step, save, exit (SLURM sends SIGTERM on
+            preemption and submitit's SIGUSR2 before the time limit).
+        requeue: under SLURM (SLURM_JOB_ID set), `scontrol requeue` the job after a signal-triggered save, so it
+            restarts and resumes.
+    """
+
+    every: int = 50
+    keep: int = 2
+    on_exit: bool = True
+    signals: list[str] = field(default_factory=lambda: list(STOP_SIGNALS))
+    requeue: bool = True
+
+    def __post_init__(self) -> None:
+        _check_positive("train.checkpoint.every", self.every, allow_zero=True)
+        _check_positive("train.checkpoint.keep", self.keep, allow_zero=True)
+        for sig in self.signals:
+            _check_choice("train.checkpoint.signals[]", sig, STOP_SIGNALS)
+
+
+@dataclass(kw_only=True)
+class LoopCfg:
+    """Long-run operations of `sposd train`: checkpoints and resume.
+
+    Attributes:
+        resume: "auto" (continue the newest complete checkpoint of this run directory, if any), "never", or the
+            path of a checkpoint (checkpoints/step_N) or of a run directory (its newest checkpoint).
+        checkpoint: when to save.
+    """
+
+    resume: str = "auto"
+    checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
+
+
 @dataclass(kw_only=True)
 class TrainCfg:
     """The whole `sposd train` config; groups are composed by conf/train.yaml."""
@@ -194,6 +238,7 @@ class TrainCfg:
     save_final: bool = True
     cache_dir: str = "~/.cache/sposd"
     run_dir: str = "."
+    train: LoopCfg = field(default_factory=LoopCfg)
 
     def __post_init__(self) -> None:
         _check_positive("num_steps", self.num_steps, allow_zero=True)

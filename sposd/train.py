@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from sposd import checkpoint as ck
 from sposd import dist as sdist
 from sposd.config import TrainCfg
 from sposd.learner.batching import LearnerSample
@@ -113,6 +114,18 @@ class PromptSampler:
         self.records, self.rng, self.rank, self.world = records, random.Random(seed), rank, world
         self.order: list[int] = []
 
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate(), "order": list(self.order), "num_records": len(self.records)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_records"] != len(self.records):
+            raise UserError(
+                f"the checkpoint was taken on {state['num_records']} training records, this data has "
+                f"{len(self.records)}: resume with the same data (or train.resume=never)"
+            )
+        self.rng.setstate(state["rng"])
+        self.order = list(state["order"])
+
     def next(self, n: int) -> list[dict]:
         batch = []
         while len(batch) < n:
@@ -141,6 +154,76 @@ def heldout_accuracy(engine, prompts, verifier, *, n: int, sampling: SamplingCfg
     total = sum(len(g.completions) for g in groups)
     c, t = sdist.all_reduce([correct, total])
     return c / max(t, 1)
+
+
+def _step_seed(seed: int, step: int, round_: int, rank: int) -> int:
+    """A 63-bit seed for one generate call, distinct for every (seed, step, round, rank)."""
+    import hashlib
+
+    h = hashlib.blake2b(f"{seed}:{step}:{round_}:{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 1
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------------
+def _resume_point(cfg: TrainCfg, run_dir: Path, *, world: int) -> tuple[Path | None, dict | None]:
+    """The checkpoint to continue (train.resume) and its meta, checked against this run; (None, None) if none."""
+    try:
+        path = ck.resolve_resume(cfg.train.resume, run_dir)
+    except FileNotFoundError as e:
+        raise UserError(f"train.resume: {e}; use auto, never, or such a path") from e
+    if path is None:
+        return None, None
+    meta = ck.read_meta(path)
+    if meta.get("world") != world:
+        raise UserError(
+            f"{path} was written by {meta.get('world')} ranks and this run has {world}: resume with the same "
+            "hardware (ZeRO-3 shards are per rank), or export it (sposd export) and start from the model"
+        )
+    if meta["step"] > cfg.num_steps:
+        raise UserError(f"{path} is at step {meta['step']}, past num_steps={cfg.num_steps}")
+    return path, meta
+
+
+def _save_checkpoint(run_dir: Path, step: int, cfg: TrainCfg, *, learner, sampler, tokenizer, summary, world) -> Path:
+    """Every rank: its DeepSpeed shards, RNG and sampler state; rank 0 the model files and meta; then commit."""
+    root = ck.checkpoint_root(run_dir)
+    tmp = ck.begin(root, step)
+    learner.save_state(tmp)
+    torch.save({"rng": _rng_state(), "sampler": sampler.state_dict()}, tmp / f"rank_{sdist.rank():05d}.pt")
+    ck.save_model_files(tmp, learner.module.config, tokenizer=tokenizer)
+    ck.fault_pause()
+    meta = {"world": world, "num_steps": cfg.num_steps, "algo": cfg.algo.name, "seed": cfg.seed}
+    if "base_accuracy" in summary:
+        meta["base_accuracy"] = summary["base_accuracy"]
+    return ck.commit(root, tmp, step, meta, keep=cfg.train.checkpoint.keep)
+
+
+def _restore(path: Path, meta: dict, *, learner, sampler, rank: int) -> int:
+    """Load a checkpoint into this rank's learner, sampler and RNGs; returns its step."""
+    learner.load_state(path)
+    state = torch.load(path / f"rank_{rank:05d}.pt", map_location="cpu", weights_only=False)
+    sampler.load_state_dict(state["sampler"])
+    _set_rng_state(state["rng"])
+    return int(meta["step"])
+
+
+def _rng_state() -> dict:
+    import numpy as np
+
+    out = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def _set_rng_state(state: dict) -> None:
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ---- the loop ----------------------------------------------------------------------------------------------
@@ -183,6 +266,12 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
         torch.set_num_threads(hw.num_threads)
     rank, world = sdist.init_distributed(hw.device)
     is_main = rank == 0
+    if world != hw.nproc * hw.nodes:
+        raise UserError(
+            f"{world} ranks were started but hardware.nproc x hardware.nodes = {hw.nproc * hw.nodes}: "
+            "launch as many tasks as the hardware config asks for"
+        )
+    resume, meta = _resume_point(cfg, run_dir, world=world)
     random.seed(cfg.seed + rank)
     torch.manual_seed(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -231,6 +320,15 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
     sampling = SamplingCfg(
         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, max_new_tokens=max_new
     )
+
+    def seeded(step: int, round_: int) -> SamplingCfg:
+        """Reseed this process's torch RNG from (seed, step, generation round, rank; round -1 = held-out
+        evaluation) before sampling. The in-process vLLM engine samples from it, so a resumed run draws exactly
+        what the uninterrupted run would have. (Per-request vLLM seeds would do the same without touching the
+        global RNG, but vLLM's CPU build cannot rewind a CPU generator when it discards a partial-prefill token.)"""
+        torch.manual_seed(_step_seed(cfg.seed, step, round_, rank))
+        return sampling
+
     engine = engine or VLLMEngine(
         model_path,
         dtype=cfg.model.dtype,
@@ -262,19 +360,32 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
     )
     verifier = VerifierPool()
     logger = MetricsLogger(
-        run_dir, enabled=is_main, wandb_cfg=asdict(cfg.logger) if cfg.logger.wandb else None, config=resolved_config
+        run_dir,
+        enabled=is_main,
+        wandb_cfg=asdict(cfg.logger) if cfg.logger.wandb else None,
+        config=resolved_config,
+        resume_from=meta["step"] if meta else None,
     )
     sampler = PromptSampler(train_records, seed=cfg.seed, rank=rank, world=world)
     heldout_prompts = [to_prompt(r) for r in heldout_records[rank::world]]
     summary: dict = {"run_dir": str(run_dir)}
+    start = 0
+    if resume is not None:  # optimizer, schedule, teacher, sampler and RNG as they were after step `start`
+        start = _restore(resume, meta, learner=learner, sampler=sampler, rank=rank)
+        push_weights(learner.module, engine)  # vLLM samples step start + 1 from the restored policy
+        summary["resumed_from"] = str(resume)
+        if "base_accuracy" in meta:
+            summary["base_accuracy"] = meta["base_accuracy"]
+    stop = ck.StopSignals(cfg.train.checkpoint.signals).install()
 
     try:
-        if heldout_prompts:
+        if heldout_records and "base_accuracy" not in summary:
             summary["base_accuracy"] = heldout_accuracy(
-                engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=sampling
+                engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=seeded(0, -1)
             )
-        bar = _progress(cfg.num_steps, enabled=is_main and cfg.logger.console)
-        for step in range(1, cfg.num_steps + 1):
+        bar = _progress(cfg.num_steps, start, enabled=is_main and cfg.logger.console)
+        ckpt_s = None
+        for step in range(start + 1, cfg.num_steps + 1):
             t_step = time.perf_counter()
             algo_m = algo.begin_step(step, cfg.num_steps)
 
@@ -283,9 +394,11 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
             kept: list[RolloutGroup] = []
             all_groups: list[RolloutGroup] = []
             t_verify = 0.0
-            for _ in range(cfg.algo.max_gen_batches if cfg.algo.dynamic_sampling else 1):
+            for round_ in range(cfg.algo.max_gen_batches if cfg.algo.dynamic_sampling else 1):
                 groups = engine.generate(
-                    [to_prompt(r) for r in sampler.next(cfg.prompts_per_step)], n=cfg.algo.group_size, sampling=sampling
+                    [to_prompt(r) for r in sampler.next(cfg.prompts_per_step)],
+                    n=cfg.algo.group_size,
+                    sampling=seeded(step, round_),
                 )
                 tv = time.perf_counter()
                 grade(groups, verifier)  # 2. verify
@@ -336,6 +449,8 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
             metrics = {**_rollout_metrics(all_groups, kept, max_new), **learn_m, **sync_m, **algo_m}
             if cfg.algo.distill.enabled:
                 metrics.update(_distill_metrics(algo.distill_stats, too_long, teacher_prompts, learn_m))
+            if ckpt_s is not None:  # the previous checkpoint's write, logged with the step after it
+                metrics["time/checkpoint_s"] = ckpt_s
             metrics.update(
                 {
                     "time/rollout_s": t_rollout,
@@ -345,8 +460,10 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
                     "time/step_s": time.perf_counter() - t_step,
                 }
             )
-            if heldout_prompts and cfg.heldout_every and step % cfg.heldout_every == 0:
-                acc = heldout_accuracy(engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=sampling)
+            if heldout_records and cfg.heldout_every and step % cfg.heldout_every == 0:
+                acc = heldout_accuracy(
+                    engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=seeded(step, -1)
+                )
                 metrics["eval/heldout_accuracy"] = acc
                 if step == cfg.num_steps:
                     summary["trained_accuracy"] = acc
@@ -360,12 +477,40 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
                     step_s=f"{metrics['time/step_s']:.2f}",
                 )
                 bar.update(1)
+
+            # 8. checkpoint (after the log line, so a resumed run never misses a step's metrics); a stop signal
+            # (SLURM preemption, Ctrl-C) ends the run here with a checkpoint
+            stopping = stop.requested()
+            every = cfg.train.checkpoint.every
+            if stopping or (every and step % every == 0) or (step == cfg.num_steps and cfg.train.checkpoint.on_exit):
+                t0 = time.perf_counter()
+                _save_checkpoint(
+                    run_dir,
+                    step,
+                    cfg,
+                    learner=learner,
+                    sampler=sampler,
+                    tokenizer=tokenizer,
+                    summary=summary,
+                    world=world,
+                )
+                ckpt_s = time.perf_counter() - t0
+                summary["last_checkpoint_s"] = ckpt_s
+            if stopping:
+                summary["stopped"] = {"signal": stopping, "step": step}
+                if cfg.train.checkpoint.requeue:
+                    summary["stopped"]["requeue"] = ck.requeue_slurm_job()
+                break
         if bar is not None:
             bar.close()
+        if "stopped" in summary:  # interrupted: no final evaluation or export; the checkpoint has everything
+            if is_main:
+                write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            return summary
 
-        if heldout_prompts and "trained_accuracy" not in summary:
+        if heldout_records and "trained_accuracy" not in summary:
             summary["trained_accuracy"] = heldout_accuracy(
-                engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=sampling
+                engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=seeded(cfg.num_steps, -1)
             )
         if cfg.save_final:
             final = learner.save_hf(run_dir / "final", tokenizer=tokenizer)
@@ -374,18 +519,19 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
         if is_main:
             write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     finally:
+        stop.restore()
         logger.close()
         verifier.close()
         engine.close()
     return summary
 
 
-def _progress(total: int, *, enabled: bool):
+def _progress(total: int, done: int, *, enabled: bool):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="train", unit="step", dynamic_ncols=True)
+    return tqdm(total=total, initial=done, desc="train", unit="step", dynamic_ncols=True)
 
 
 def _rollout_metrics(all_groups: list[RolloutGroup], kept: list[RolloutGroup], max_new: int) -> dict[str, float]:

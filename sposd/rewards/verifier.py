@@ -278,7 +278,10 @@ def _worker_main(conn: Connection, parent_pid: int, mv_timeout_s: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:  # the parent died before the death signal was armed
         return
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Ctrl-C and a scheduler's stop signals (sent to the whole process group) are the parent's to handle: it
+    # finishes its step, checkpoints and then closes the pool; the worker still dies with it (PDEATHSIG, EOF).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # a timeout is a verdict, not a warning
     grade_extracted("1", "1", timeout_s=mv_timeout_s)  # import and warm up before taking work
     try:
