@@ -20,56 +20,14 @@ import torch
 
 from sposd import dist as sdist
 from sposd.config import TrainCfg
+from sposd.errors import UserError
 from sposd.learner.batching import LearnerSample
 from sposd.logging import MetricsLogger, redact_secrets, write_atomic, write_jsonl
 from sposd.rollout.base import SamplingCfg
 from sposd.types import RolloutGroup
 
 
-class UserError(ValueError):
-    """A problem the user can fix (bad path, malformed data): reported as one line, no stack trace."""
-
-
 # ---- setup helpers ---------------------------------------------------------------------------------------
-def resolve_model_path(cfg: TrainCfg, *, rank: int) -> str:
-    """'builtin' -> build + warm-start (cached) the embedded tiny model; a local dir must exist; else a hub id."""
-    m = cfg.model
-    if m.path == "builtin":
-        from sposd.models.warmstart import ensure_toy_model
-
-        cache = Path(cfg.cache_dir).expanduser() / "toy_models"
-        b, d = m.builtin, cfg.data
-        knobs = dict(
-            hidden_size=b.hidden_size,
-            num_layers=b.num_layers,
-            num_heads=b.num_heads,
-            num_kv_heads=b.num_kv_heads,
-            intermediate_size=b.intermediate_size,
-            steps=b.warmstart_steps,
-            lr=b.warmstart_lr,
-            batch_size=b.warmstart_batch_size,
-            privileged_frac=b.privileged_frac,
-            seed=b.seed,
-            max_operand=d.max_operand,
-            min_terms=d.min_terms,
-            max_terms=d.max_terms,
-        )
-        if rank == 0:
-            path = ensure_toy_model(cache, **knobs)
-        sdist.barrier()
-        if rank != 0:
-            path = ensure_toy_model(cache, **knobs)  # cache hit: rank 0 just built it
-        return str(path)
-    p = Path(m.path).expanduser()
-    if p.exists():
-        if not (p / "config.json").exists():
-            raise UserError(f"model.path={m.path!r} is a directory without config.json (not a Hugging Face model)")
-        return str(p)
-    if m.path.startswith((".", "/", "~")) or m.path.count("/") != 1:
-        raise UserError(f"model.path={m.path!r} does not exist (give a local HF-format dir or a hub id owner/name)")
-    return m.path
-
-
 def load_data(cfg: TrainCfg) -> tuple[list[dict], list[dict]]:
     """Training records and held-out records (held-out only for the toy task)."""
     from sposd.data.sources import load_records
@@ -167,12 +125,12 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
         resolved_config: the resolved config as a plain dict, saved as config.yaml.
         engine, learner: injected components (unit tests use a scripted engine); built from cfg when None.
     """
-    from transformers import AutoTokenizer
-
     from sposd.algos import get_algo
     from sposd.data.teacher import TeacherPrompts
     from sposd.data.templates import make_prompt, stripped_template_ids
+    from sposd.evaluate import TrainingEval
     from sposd.learner.engine import DeepSpeedLearner
+    from sposd.models.paths import load_tokenizer, resolve_model_path
     from sposd.rewards import VerifierPool
     from sposd.rollout.vllm_engine import VLLMEngine
     from sposd.sync.weights import push_weights
@@ -191,12 +149,11 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
 
         write_atomic(run_dir / "config.yaml", yaml.safe_dump(redact_secrets(resolved_config), sort_keys=False))
 
-    model_path = resolve_model_path(cfg, rank=rank)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    except OSError as e:
-        raise UserError(f"model.path={cfg.model.path!r}: cannot load a tokenizer ({e})") from e
+    model_path = resolve_model_path(cfg.model, data=cfg.data, cache_dir=cfg.cache_dir, rank=rank)
+    tokenizer = load_tokenizer(model_path, cfg.model)
     train_records, heldout_records = load_data(cfg)
+    # benchmarks of eval.every (loaded now, so a bad path fails before training); their budget sizes the engine
+    periodic_eval = TrainingEval(cfg, tokenizer, run_dir, model_path=model_path, rank=rank, world=world)
 
     def to_prompt(rec: dict):
         prompt = make_prompt(
@@ -234,7 +191,7 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
     engine = engine or VLLMEngine(
         model_path,
         dtype=cfg.model.dtype,
-        max_model_len=cfg.model.max_prompt_len + max_new,
+        max_model_len=max(cfg.model.max_prompt_len + max_new, periodic_eval.max_model_len),
         seed=cfg.seed * 1000 + rank,
         device=hw.device,
         kv_cache_gb=hw.vllm_kv_cache_gb,
@@ -243,6 +200,7 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
         tensor_parallel_size=hw.vllm_tp,
         enable_sleep_mode=hw.vllm_sleep,
         trust_remote_code=cfg.model.trust_remote_code,
+        max_num_seqs=hw.vllm_max_num_seqs,
     )
     learner = learner or DeepSpeedLearner(
         model_path,
@@ -350,6 +308,7 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
                 metrics["eval/heldout_accuracy"] = acc
                 if step == cfg.num_steps:
                     summary["trained_accuracy"] = acc
+            metrics.update(periodic_eval(step, engine, verifier))  # benchmarks, every eval.every steps and at the end
             logger.log(step, metrics)
             if cfg.save_samples_every and (step % cfg.save_samples_every == 0 or step == 1):
                 _save_samples(run_dir, step, kept or all_groups, advs if kept else None, is_main=is_main)
@@ -367,6 +326,8 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
             summary["trained_accuracy"] = heldout_accuracy(
                 engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=sampling
             )
+        if (report := periodic_eval.report()) is not None:
+            summary["eval"] = report  # the last and the best evaluation, each with its step
         if cfg.save_final:
             final = learner.save_hf(run_dir / "final", tokenizer=tokenizer)
             if final is not None:
@@ -375,6 +336,7 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
             write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     finally:
         logger.close()
+        periodic_eval.close()
         verifier.close()
         engine.close()
     return summary
