@@ -94,7 +94,12 @@ def load_benchmark(name: str, bench: BenchmarkCfg, ev: EvalCfg, *, data: DataCfg
                 f"use one of {list(LOCAL_SUFFIXES)}"
             )
     limit = problem_limit(bench, ev, data=data)
-    records = load_records(**source, limit=limit)
+    try:
+        records = load_records(**source, limit=limit)
+    except ValueError as e:
+        if source["kind"] != "hf":
+            raise
+        raise ValueError(f"{e}; or read a local copy: benchmarks.{name}.path=<file.jsonl|file.parquet>") from None
     if not records:
         raise ValueError(f"benchmarks.{name}: no problems in {_describe(source)}")
     ids = [r["id"] for r in records]
