@@ -108,8 +108,10 @@ def _print_summary(summary: dict) -> None:
     ev = summary.get("eval")
     if ev:
         key = "eval/macro/avg@k"
-        print(f"eval macro avg@{ev['k']}  last (step {ev['last']['step']}): {ev['last'][key]:.3f}   "
-              f"best (step {ev['best']['step']}): {ev['best'][key]:.3f}")
+        print(
+            f"eval macro avg@{ev['k']}  last (step {ev['last']['step']}): {ev['last'][key]:.3f}   "
+            f"best (step {ev['best']['step']}): {ev['best'][key]:.3f}"
+        )
     if "final" in summary:
         print(f"final model (HF format): {summary['final']}")
 
@@ -142,8 +144,11 @@ def _eval_app() -> None:
         except UserError as e:
             _die(str(e))
         except KeyboardInterrupt:
-            _die(f"interrupted; finished problems are saved in {run_dir / 'samples.jsonl'}: rerun the same command "
-                 f"with hydra.run.dir={run_dir} to resume", code=130)
+            _die(
+                f"interrupted; finished problems are saved in {run_dir / 'samples.jsonl'}: rerun the same command "
+                f"with hydra.run.dir={run_dir} to resume",
+                code=130,
+            )
         print_results(results, run_dir)
 
     _main()
@@ -151,16 +156,30 @@ def _eval_app() -> None:
 
 def _check_benchmark_names(overrides: list[str]) -> None:
     """`benchmarks=[...]` names must be options of the benchmarks group: one line listing the valid ones
-    (Hydra's own message spans several lines and does not list them)."""
+    (Hydra's own message spans several lines and does not list them). Sweeps (`-m benchmarks=[a],[b]`) are checked
+    too; an override Hydra cannot parse is left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
     names = _benchmark_options()
     for o in overrides:
-        key, sep, value = o.partition("=")
-        if not sep or key.lstrip("~+") != "benchmarks":
+        if o.partition("=")[0].lstrip("~+") != "benchmarks":
             continue
-        chosen = [v.strip().strip("'\"") for v in value.strip().strip("[]").split(",") if v.strip()]
-        bad = [c for c in chosen if c not in names]
+        try:
+            (parsed,) = OverridesParser.create().parse_overrides([o])
+        except HydraException:
+            continue
+        bad = [c for c in _leaves(parsed.value()) if c not in names]
         if bad:
             _die(f"unknown benchmark {bad[0]!r} in {o!r}; choose from {names}")
+
+
+def _leaves(value) -> list[str]:
+    """The strings inside a parsed override value (a name, a list, or a sweep of either)."""
+    if isinstance(value, str):
+        return [value]
+    items = getattr(value, "list", value)  # ChoiceSweep keeps its choices in .list
+    return [leaf for v in items for leaf in _leaves(v)] if isinstance(items, list | tuple) else [str(value)]
 
 
 def _benchmark_options() -> list[str]:
@@ -169,8 +188,11 @@ def _benchmark_options() -> list[str]:
         return sorted(p.stem for p in repo.glob("*.yaml"))
     from importlib import resources
 
-    return sorted(p.name[: -len(".yaml")] for p in resources.files("sposd.conf").joinpath("benchmarks").iterdir()
-                  if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[: -len(".yaml")]
+        for p in resources.files("sposd.conf").joinpath("benchmarks").iterdir()
+        if p.name.endswith(".yaml")
+    )
 
 
 def _grade_cmd() -> None:
@@ -186,8 +208,11 @@ def _grade_cmd() -> None:
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: the input's folder)")
     ap.add_argument("--timeout-s", type=float, default=5.0, help="per-answer grading deadline (default 5)")
     ap.add_argument("--workers", type=int, default=None, help="grading processes (default min(4, cpus))")
-    ap.add_argument("--no-answer-line-fallback", action="store_true",
-                    help="grade only \\boxed{} answers, not an 'Answer: ...' last line")
+    ap.add_argument(
+        "--no-answer-line-fallback",
+        action="store_true",
+        help="grade only \\boxed{} answers, not an 'Answer: ...' last line",
+    )
     args = ap.parse_args(sys.argv[1:])
     if args.timeout_s <= 0:
         _die(f"--timeout-s must be > 0, got {args.timeout_s}")
@@ -198,8 +223,13 @@ def _grade_cmd() -> None:
     from sposd.evals.results import format_table
 
     try:
-        results = grade_file(args.samples, args.out, timeout_s=args.timeout_s, num_workers=args.workers,
-                             answer_line_fallback=not args.no_answer_line_fallback)
+        results = grade_file(
+            args.samples,
+            args.out,
+            timeout_s=args.timeout_s,
+            num_workers=args.workers,
+            answer_line_fallback=not args.no_answer_line_fallback,
+        )
     except (FileNotFoundError, ValueError) as e:
         _die(str(e))
     out = args.samples.parent if args.out is None else args.out

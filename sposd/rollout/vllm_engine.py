@@ -130,7 +130,10 @@ class VLLMEngine:
                     yield finished
         finally:
             if pending:
-                llm.llm_engine.abort_request(list(pending.values()), internal=True)
+                try:
+                    llm.llm_engine.abort_request(list(pending.values()), internal=True)
+                except TypeError:  # a vLLM whose abort_request takes only ids
+                    llm.llm_engine.abort_request(list(pending.values()))
 
     def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
         """Score a fixed completion: vLLM's prompt_logprobs of the completion tokens (raw, temperature 1)."""
