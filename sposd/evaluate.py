@@ -36,6 +36,9 @@ from sposd.types import Prompt, RolloutGroup
 RESULTS, SAMPLES = "results.json", "samples.jsonl"
 # Fields of a samples.jsonl row that results.json needs (completions and problem texts stay on disk only).
 _OUTCOME_KEYS = ("benchmark", "id", "sample", "correct", "extracted", "num_tokens", "truncated")
+# eval.* keys that decide samples and verdicts (a resume with any of them changed is refused)
+_FINGERPRINT_EVAL_KEYS = ("k", "temperature", "top_p", "top_k", "min_p", "max_new_tokens", "max_model_len",
+                          "answer_line_fallback")  # fmt: skip
 
 
 def evaluate(cfg: EvalAppCfg, run_dir: Path, *, engine=None, verifier=None, progress: bool = True) -> dict:
@@ -221,19 +224,7 @@ def fingerprint_inputs(bench: Benchmark, ev: EvalCfg, *, model_path: str, dtype:
         "model.path": model_path,
         "model.dtype": dtype,
         "seed": seed,
-        **{
-            f"eval.{k}": getattr(ev, k)
-            for k in (
-                "k",
-                "temperature",
-                "top_p",
-                "top_k",
-                "min_p",
-                "max_new_tokens",
-                "max_model_len",
-                "answer_line_fallback",
-            )
-        },
+        **{f"eval.{k}": getattr(ev, k) for k in _FINGERPRINT_EVAL_KEYS},
         f"benchmarks.{bench.name}.source": json.dumps(source, sort_keys=True),
         f"benchmarks.{bench.name}.prompt": bench.prompt,
         f"benchmarks.{bench.name}.enable_thinking": bench.enable_thinking,
@@ -432,33 +423,13 @@ class TrainingEval:
             return {}
         t0 = time.perf_counter()
         verifier = self._verifier_for(verifier)
-        inputs = {
-            b.name: fingerprint_inputs(
-                b, self.ev, model_path=self.model_path, dtype=self.cfg.model.dtype, seed=self.cfg.seed
-            )
-            for b in self.benches
-        }
-        settings = eval_settings(
-            self.ev,
-            model_path=self.model_path,
-            model_cfg_path=self.cfg.model.path,
-            dtype=self.cfg.model.dtype,
-            max_model_len=self.max_model_len,
-            seed=self.cfg.seed,
-            inputs=inputs,
-            grading=grading_settings(answer_line_fallback=verifier.answer_line_fallback, timeout_s=verifier.timeout_s),
-        )
-        settings["train_step"] = step
         out_dir = self.run_dir / "eval" / f"step_{step}"
-        recorder = Recorder(out_dir, self.benches, settings=settings, k=self.ev.k, results_every_s=float("inf"))
+        recorder = Recorder(out_dir, self.benches, settings={**self._settings(verifier), "train_step": step},
+                            k=self.ev.k, results_every_s=float("inf"))  # fmt: skip
         mine = [p for b in self.benches for p in b.prompts[self.rank :: self.world]]
-        rows = [
-            r
-            for chunk in sample_and_grade(
-                engine, verifier, mine, k=self.ev.k, sampling=eval_sampling(self.ev), fingerprints=recorder.fingerprints
-            )
-            for r in chunk
-        ]
+        batches = sample_and_grade(engine, verifier, mine, k=self.ev.k, sampling=eval_sampling(self.ev),
+                                   fingerprints=recorder.fingerprints)  # fmt: skip
+        rows = [r for batch in batches for r in batch]
         every_rank = [r for part in sdist.all_gather_objects(rows) for r in part]
         recorder.add(every_rank, save=False)
         results = recorder.results(complete=True)
@@ -496,6 +467,18 @@ class TrainingEval:
     def close(self) -> None:
         if self._own_verifier is not None:
             self._own_verifier.close()
+
+    def _settings(self, verifier) -> dict:
+        """results.json's settings of every evaluation of this run (the model path is the run's starting point)."""
+        c = self.cfg
+        inputs = {b.name: fingerprint_inputs(b, self.ev, model_path=self.model_path, dtype=c.model.dtype, seed=c.seed)
+                  for b in self.benches}  # fmt: skip
+        grading = grading_settings(answer_line_fallback=verifier.answer_line_fallback, timeout_s=verifier.timeout_s)
+        settings = eval_settings(self.ev, model_path=self.model_path, model_cfg_path=c.model.path,
+                                 dtype=c.model.dtype, max_model_len=self.max_model_len, seed=c.seed, inputs=inputs,
+                                 grading=grading)  # fmt: skip
+        settings["sampling"]["engine_seed"] = f"the training engine's: seed * 1000 + rank = {c.seed * 1000} + rank"
+        return settings
 
     def _verifier_for(self, verifier):
         """The training verifier when its grading settings are the evaluation's, else a pool of our own."""
