@@ -97,9 +97,10 @@ def load_benchmark(name: str, bench: BenchmarkCfg, ev: EvalCfg, *, data: DataCfg
     try:
         records = load_records(**source, limit=limit)
     except ValueError as e:
-        if source["kind"] != "hf":
-            raise
-        raise ValueError(f"{e}; or read a local copy: benchmarks.{name}.path=<file.jsonl|file.parquet>") from None
+        msg = str(e).replace("data.fields", f"benchmarks.{name}.fields")  # the loader speaks of training data
+        if source["kind"] == "hf":
+            msg += f"; or read a local copy: benchmarks.{name}.path=<file.jsonl|file.parquet>"
+        raise ValueError(msg) from None
     if not records:
         raise ValueError(f"benchmarks.{name}: no problems in {_describe(source)}")
     ids = [r["id"] for r in records]

@@ -126,7 +126,7 @@ def test_malformed_row_names_file_line_and_field(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"id": "a", "problem": "p", "answer": "1"}\n{"id": "b", "problem": "q"}\n')
     cfg = _cfg("benchmarks=[local]", f"benchmarks.local.path={path}")
-    with pytest.raises(ValueError, match=r"bad\.jsonl: line 2: missing field 'answer'"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl: line 2: missing field 'answer'.*benchmarks\.local\.fields"):
         load_benchmark("local", cfg.benchmarks["local"], cfg.eval, data=cfg.data, seed=0)
 
 
