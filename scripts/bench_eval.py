@@ -185,7 +185,7 @@ def main() -> None:
                                          max_position_embeddings=4096))  # fmt: skip
         out.update(_bench_generation(args, model))
         print(
-            f"generation  bare LLM.generate {out['bare_tok_per_s']:.0f} tok/s   sposd eval stream "
+            f"generation (best round)  bare LLM.generate {out['bare_tok_per_s']:.0f} tok/s   sposd eval stream "
             f"{out['stream_tok_per_s']:.0f} tok/s (ratio {out['gen_throughput_ratio']:.3f})   + grading and "
             f"samples.jsonl {out['eval_loop_tok_per_s']:.0f} tok/s (ratio {out['eval_loop_throughput_ratio']:.3f})"
         )
