@@ -16,11 +16,15 @@ USAGE = """usage: sposd <command> [overrides...]
 commands:
   train    RL / on-policy self-distillation (vLLM rollouts + DeepSpeed ZeRO-3 learner)
            `sposd train` alone runs the embedded default: tiny model + toy task on the CPU.
+  eval     Avg@k / pass@k / maj@k on benchmarks (vLLM sampling, math-verify grading), resumable:
+           sposd eval model.path=<HF dir or hub id> benchmarks=[aime24,aime25,hmmt25] eval.k=12
+  grade    re-grade saved completions without generating: sposd grade <samples.jsonl> [--out DIR]
 
   export   write a Hugging Face model from a training checkpoint: sposd export <checkpoint> <dir>
   report   table + plots of final and best metrics over a run or sweep: sposd report <dir>
 
-`sposd <command> --help` lists config groups and options; Hydra flags (-m, --cfg job, --info) work.
+`sposd <command> --help` lists config groups and options; Hydra flags (-m, --cfg job, --info) work
+for train and eval.
 """
 
 
@@ -84,7 +88,8 @@ def _train_app() -> None:
         from hydra.core.hydra_config import HydraConfig
 
         from sposd.config import to_object
-        from sposd.train import UserError, train
+        from sposd.errors import UserError
+        from sposd.train import train
 
         try:
             tcfg = to_object(cfg)
@@ -133,8 +138,136 @@ def _print_summary(summary: dict) -> None:
             f"held-out accuracy  base: {summary['base_accuracy']:.3f}   trained: "
             f"{summary.get('trained_accuracy', float('nan')):.3f}"
         )
+    ev = summary.get("eval")
+    if ev:
+        key = "eval/macro/avg@k"
+        print(
+            f"eval macro avg@{ev['k']}  last (step {ev['last']['step']}): {ev['last'][key]:.3f}   "
+            f"best (step {ev['best']['step']}): {ev['best'][key]:.3f}"
+        )
     if "final" in summary:
         print(f"final model (HF format): {summary['final']}")
+
+
+def _eval_app() -> None:
+    import hydra
+    from omegaconf import DictConfig
+
+    from sposd.config import register_configs, register_resolvers
+
+    register_resolvers()
+    register_configs()
+    _check_benchmark_names(sys.argv[1:])
+
+    @hydra.main(version_base="1.3", config_path=_conf_path(), config_name="eval")
+    def _main(cfg: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from sposd.config import to_object
+        from sposd.errors import UserError
+        from sposd.evaluate import evaluate, print_results
+
+        try:
+            ecfg = to_object(cfg)
+        except ValueError as e:
+            _die(str(e))
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            results = evaluate(ecfg, run_dir)
+        except UserError as e:
+            _die(str(e))
+        except KeyboardInterrupt:
+            _die(
+                f"interrupted; finished problems are saved in {run_dir / 'samples.jsonl'}: rerun the same command "
+                f"with hydra.run.dir={run_dir} to resume",
+                code=130,
+            )
+        print_results(results, run_dir)
+
+    _main()
+
+
+def _check_benchmark_names(overrides: list[str]) -> None:
+    """`benchmarks=[...]` names must be options of the benchmarks group: one line listing the valid ones
+    (Hydra's own message spans several lines and does not list them). Sweeps (`-m benchmarks=[a],[b]`) are checked
+    too; an override Hydra cannot parse is left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    names = _benchmark_options()
+    for o in overrides:
+        if o.partition("=")[0].lstrip("~+") != "benchmarks":
+            continue
+        try:
+            (parsed,) = OverridesParser.create().parse_overrides([o])
+        except HydraException:
+            continue
+        bad = [c for c in _leaves(parsed.value()) if c not in names]
+        if bad:
+            _die(f"unknown benchmark {bad[0]!r} in {o!r}; choose from {names}")
+
+
+def _leaves(value) -> list[str]:
+    """The strings inside a parsed override value (a name, a list, or a sweep of either)."""
+    if isinstance(value, str):
+        return [value]
+    items = getattr(value, "list", value)  # ChoiceSweep keeps its choices in .list
+    return [leaf for v in items for leaf in _leaves(v)] if isinstance(items, list | tuple) else [str(value)]
+
+
+def _benchmark_options() -> list[str]:
+    repo = Path(_conf_path()) / "benchmarks"
+    if repo.is_dir():
+        return sorted(p.stem for p in repo.glob("*.yaml"))
+    from importlib import resources
+
+    return sorted(
+        p.name[: -len(".yaml")]
+        for p in resources.files("sposd.conf").joinpath("benchmarks").iterdir()
+        if p.name.endswith(".yaml")
+    )
+
+
+def _grade_cmd() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="sposd grade",
+        description="Re-grade saved completions (no generation) and write DIR/graded.jsonl and DIR/results.json "
+        "(the schema of `sposd eval`). Each input row needs benchmark, id, completion and answer (the gold answer); "
+        "rows with the same benchmark and id are samples of one problem. `sposd eval`'s samples.jsonl is valid input.",
+    )
+    ap.add_argument("samples", type=Path, help="a JSONL file of completions, e.g. a run's samples.jsonl")
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: the input's folder)")
+    ap.add_argument("--timeout-s", type=float, default=5.0, help="per-answer grading deadline (default 5)")
+    ap.add_argument("--workers", type=int, default=None, help="grading processes (default min(4, cpus))")
+    ap.add_argument(
+        "--no-answer-line-fallback",
+        action="store_true",
+        help="grade only \\boxed{} answers, not an 'Answer: ...' last line",
+    )
+    args = ap.parse_args(sys.argv[1:])
+    if args.timeout_s <= 0:
+        _die(f"--timeout-s must be > 0, got {args.timeout_s}")
+    if args.workers is not None and args.workers < 1:
+        _die(f"--workers must be >= 1, got {args.workers}")
+
+    from sposd.evals.grade import GRADED, RESULTS, grade_file
+    from sposd.evals.results import format_table
+
+    try:
+        results = grade_file(
+            args.samples,
+            args.out,
+            timeout_s=args.timeout_s,
+            num_workers=args.workers,
+            answer_line_fallback=not args.no_answer_line_fallback,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        _die(str(e))
+    out = args.samples.parent if args.out is None else args.out
+    print(format_table(results))
+    print(f"results: {out / RESULTS}   graded: {out / GRADED}")
 
 
 def _export_app() -> None:
@@ -162,7 +295,7 @@ def _report_app() -> None:
     report_main(sys.argv[1:])
 
 
-COMMANDS = {"train": _train_app, "export": _export_app, "report": _report_app}
+COMMANDS = {"train": _train_app, "eval": _eval_app, "grade": _grade_cmd, "export": _export_app, "report": _report_app}
 
 
 def main(argv: list[str] | None = None) -> None:

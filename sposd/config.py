@@ -124,6 +124,7 @@ class HardwareCfg:
     vllm_tp: int = 1
     vllm_enforce_eager: bool = True
     vllm_sleep: bool = False
+    vllm_max_num_seqs: int | None = None
     num_threads: int = 0
 
     def __post_init__(self) -> None:
@@ -220,17 +221,173 @@ class CheckpointCfg:
 
 
 @dataclass(kw_only=True)
+class TrainEvalCfg:
+    """When `sposd train` evaluates its policy on `benchmarks` (how: the `eval` group, as in `sposd eval`).
+
+    Attributes:
+        every: evaluate every N steps and at the last step (0 = off).
+    """
+
+    every: int = 0
+
+    def __post_init__(self) -> None:
+        _check_positive("train.eval.every", self.every, allow_zero=True)
+
+
+@dataclass(kw_only=True)
 class LoopCfg:
-    """Long-run operations of `sposd train`: checkpoints and resume.
+    """When `sposd train` does more than a step: evaluations, checkpoints, and where it resumes from.
 
     Attributes:
         resume: "auto" (continue the newest complete checkpoint of this run directory, if any), "never", or the
             path of a checkpoint (checkpoints/step_N) or of a run directory (its newest checkpoint).
         checkpoint: when to save.
+        eval: when to evaluate on benchmarks.
     """
 
     resume: str = "auto"
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
+    eval: TrainEvalCfg = field(default_factory=TrainEvalCfg)
+
+
+# The user message of the evaluation protocol (spec/ALGORITHMS.md 0.7, siyan-zhao/OPSD eval/evaluate_math.py).
+EVAL_PROMPT = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+BENCHMARK_KINDS = ("hf", "local", "toy")
+BENCHMARK_KEYS = ("id", "problem", "answer")
+
+
+@dataclass(kw_only=True)
+class BenchmarkCfg:
+    """One evaluation benchmark (group `benchmarks`, several selected at once: `benchmarks=[aime24,math500]`).
+
+    Attributes:
+        kind: "hf" (a Hugging Face dataset), "local" (a JSONL / parquet file) or "toy" (the toy task's held-out
+            split, generated with the `data.*` knobs). Setting `path` turns an "hf" benchmark into a local one.
+        hf_id, hf_config, split, hf_fields: the Hub dataset and its column names (our key -> column).
+        path: a local .jsonl / .json / .parquet file to read instead of the Hub.
+        fields: our key (id, problem, answer) -> column, overriding hf_fields for a Hub set; null keeps the
+            default column (hf_fields', or for a local file the same name: id, problem, answer).
+        prompt: the user message with a `{problem}` placeholder; null = `eval.prompt`.
+        enable_thinking: the chat template's thinking switch for this benchmark; null = `eval.enable_thinking`.
+        limit: evaluate only the first `limit` problems; null = `eval.limit`.
+    """
+
+    kind: str = "hf"
+    hf_id: str | None = None
+    hf_config: str | None = None
+    split: str = "test"
+    hf_fields: dict[str, str] = field(default_factory=dict)
+    path: str | None = None
+    fields: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(BENCHMARK_KEYS))
+    prompt: str | None = None
+    enable_thinking: bool | None = None
+    limit: int | None = None
+
+    def check(self, name: str) -> None:
+        """Raise ValueError naming `benchmarks.<name>.<key>`; called by the config holding the benchmark, which
+        knows its name (a dataclass does not know the key it sits under)."""
+        key = f"benchmarks.{name}"
+        _check_choice(f"{key}.kind", self.kind, BENCHMARK_KINDS)
+        if self.kind == "hf" and not (self.hf_id or self.path):
+            raise ValueError(f"{key} needs {key}.hf_id=<owner/name> or {key}.path=<file.jsonl|file.parquet>")
+        if self.kind == "local" and not self.path:
+            raise ValueError(f"{key} needs {key}.path=<file.jsonl|file.parquet>")
+        if self.kind == "toy" and self.path:
+            raise ValueError(f"{key} is generated (kind toy) and takes no path, got {key}.path={self.path!r}")
+        for attr in ("hf_fields", "fields"):
+            bad = sorted(set(getattr(self, attr)) - set(BENCHMARK_KEYS))
+            if bad:
+                raise ValueError(f"{key}.{attr} has unknown keys {bad}; valid: {list(BENCHMARK_KEYS)}")
+        if self.prompt is not None and "{problem}" not in self.prompt:
+            raise ValueError(f"{key}.prompt must contain {{problem}}, got {self.prompt!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"{key}.limit must be >= 1 (or null for all), got {self.limit}")
+
+
+def _check_benchmarks(benchmarks: dict[str, BenchmarkCfg]) -> None:
+    for name, b in benchmarks.items():
+        b.check(name)
+
+
+@dataclass(kw_only=True)
+class EvalCfg:
+    """How to evaluate (group `eval`, presets `opsd_repo`, `qwen3_recommended`); spec/ALGORITHMS.md 0.7.
+
+    Attributes:
+        k: samples per problem (Avg@k, pass@k', maj@k).
+        temperature, top_p, top_k, min_p, max_new_tokens: vLLM sampling (top_k -1 = off).
+        max_model_len: vLLM's prompt + completion budget; null = the smaller of the model's context length and
+            the longest prompt + max_new_tokens.
+        enable_thinking: the chat template's thinking switch (Qwen3).
+        prompt: the user message with a `{problem}` placeholder, rendered with the model's chat template.
+        answer_line_fallback: grade an `Answer: ...` last line when a completion has no \\boxed{}.
+        grade_timeout_s, grade_workers: the verifier pool (hard per-answer deadline; workers null = min(4, cpus)).
+        limit: evaluate only the first `limit` problems of each benchmark (null = all).
+        gpu_memory_utilization: vLLM's share of the GPU in `sposd eval` (training uses hardware.*).
+        results_every_s: rewrite results.json (marked incomplete) at most this often while generating.
+    """
+
+    name: str = MISSING
+    k: int = 12
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = -1
+    min_p: float = 0.0
+    max_new_tokens: int = 38912
+    max_model_len: int | None = None
+    enable_thinking: bool = True
+    prompt: str = EVAL_PROMPT
+    answer_line_fallback: bool = True
+    grade_timeout_s: float = 5.0
+    grade_workers: int | None = None
+    limit: int | None = None
+    gpu_memory_utilization: float = 0.9
+    results_every_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"eval.k must be >= 1, got {self.k}")
+        _check_positive("eval.temperature", self.temperature, allow_zero=True)
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"eval.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k == 0 or self.top_k < -1:
+            raise ValueError(f"eval.top_k must be -1 (off) or >= 1, got {self.top_k}")
+        if not 0 <= self.min_p < 1:
+            raise ValueError(f"eval.min_p must be in [0, 1), got {self.min_p}")
+        _check_positive("eval.max_new_tokens", self.max_new_tokens)
+        if self.max_model_len is not None:
+            _check_positive("eval.max_model_len", self.max_model_len)
+        if "{problem}" not in self.prompt:
+            raise ValueError(f"eval.prompt must contain {{problem}}, got {self.prompt!r}")
+        _check_positive("eval.grade_timeout_s", self.grade_timeout_s)
+        if self.grade_workers is not None:
+            _check_positive("eval.grade_workers", self.grade_workers)
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"eval.limit must be >= 1 (or null for all), got {self.limit}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"eval.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+
+@dataclass(kw_only=True)
+class EvalAppCfg:
+    """The whole `sposd eval` config; groups are composed by conf/eval.yaml.
+
+    `data` is there for the toy task's knobs (the `toy` benchmark and `model.path=builtin`'s warm start use
+    them, as in `sposd train`) and so that model presets, which switch the default data set, compose.
+    """
+
+    model: ModelCfg = MISSING
+    data: DataCfg = MISSING
+    hardware: HardwareCfg = MISSING
+    eval: EvalCfg = MISSING
+    benchmarks: dict[str, BenchmarkCfg] = field(default_factory=dict)
+    seed: int = 0
+    cache_dir: str = "~/.cache/sposd"
+
+    def __post_init__(self) -> None:
+        if not self.benchmarks:
+            raise ValueError("no benchmarks selected; e.g. benchmarks=[aime24,aime25,hmmt25]")
+        _check_benchmarks(self.benchmarks)
 
 
 @dataclass(kw_only=True)
@@ -242,6 +399,8 @@ class TrainCfg:
     data: DataCfg = MISSING
     hardware: HardwareCfg = MISSING
     logger: LoggerCfg = MISSING
+    eval: EvalCfg = MISSING
+    benchmarks: dict[str, BenchmarkCfg] = field(default_factory=dict)
     rollout: RolloutCfg = field(default_factory=RolloutCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
     seed: int = 0
@@ -260,6 +419,10 @@ class TrainCfg:
         _check_positive("num_steps", self.num_steps, allow_zero=True)
         _check_positive("prompts_per_step", self.prompts_per_step)
         _check_positive("heldout_every", self.heldout_every, allow_zero=True)
+        if self.train.eval.every and not self.benchmarks:
+            raise ValueError(f"train.eval.every={self.train.eval.every} needs benchmarks, e.g. benchmarks=[toy]")
+        if self.train.eval.every:
+            _check_benchmarks(self.benchmarks)
         world = self.hardware.nproc * self.hardware.nodes
         if self.prompts_per_step % world:
             raise ValueError(
@@ -274,12 +437,15 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="base_train", node=TrainCfg)
+    cs.store(name="base_eval_app", node=EvalAppCfg)
     for group, node in (
         ("model", ModelCfg),
         ("algo", AlgoCfg),
         ("data", DataCfg),
         ("hardware", HardwareCfg),
         ("logger", LoggerCfg),
+        ("eval", EvalCfg),
+        ("benchmarks", BenchmarkCfg),
     ):
         cs.store(group=group, name=f"base_{group}", node=node)
 
@@ -298,8 +464,8 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("sposd.is_cuda", lambda: gpus() > 0, replace=True)
 
 
-def to_object(cfg) -> TrainCfg:
-    """DictConfig -> validated TrainCfg; any schema or value error becomes one ValueError naming the key."""
+def to_object(cfg) -> TrainCfg | EvalAppCfg:
+    """DictConfig -> validated TrainCfg / EvalAppCfg; a schema or value error becomes one ValueError naming the key."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 

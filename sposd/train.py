@@ -21,56 +21,14 @@ import torch
 from sposd import checkpoint as ck
 from sposd import dist as sdist
 from sposd.config import TrainCfg
+from sposd.errors import UserError
 from sposd.learner.batching import LearnerSample
 from sposd.logging import MetricsLogger, redact_secrets, write_atomic, write_jsonl
 from sposd.rollout.base import SamplingCfg
 from sposd.types import RolloutGroup
 
 
-class UserError(ValueError):
-    """A problem the user can fix (bad path, malformed data): reported as one line, no stack trace."""
-
-
 # ---- setup helpers ---------------------------------------------------------------------------------------
-def resolve_model_path(cfg: TrainCfg, *, rank: int) -> str:
-    """'builtin' -> build + warm-start (cached) the embedded tiny model; a local dir must exist; else a hub id."""
-    m = cfg.model
-    if m.path == "builtin":
-        from sposd.models.warmstart import ensure_toy_model
-
-        cache = Path(cfg.cache_dir).expanduser() / "toy_models"
-        b, d = m.builtin, cfg.data
-        knobs = dict(
-            hidden_size=b.hidden_size,
-            num_layers=b.num_layers,
-            num_heads=b.num_heads,
-            num_kv_heads=b.num_kv_heads,
-            intermediate_size=b.intermediate_size,
-            steps=b.warmstart_steps,
-            lr=b.warmstart_lr,
-            batch_size=b.warmstart_batch_size,
-            privileged_frac=b.privileged_frac,
-            seed=b.seed,
-            max_operand=d.max_operand,
-            min_terms=d.min_terms,
-            max_terms=d.max_terms,
-        )
-        if rank == 0:
-            path = ensure_toy_model(cache, **knobs)
-        sdist.barrier()
-        if rank != 0:
-            path = ensure_toy_model(cache, **knobs)  # cache hit: rank 0 just built it
-        return str(path)
-    p = Path(m.path).expanduser()
-    if p.exists():
-        if not (p / "config.json").exists():
-            raise UserError(f"model.path={m.path!r} is a directory without config.json (not a Hugging Face model)")
-        return str(p)
-    if m.path.startswith((".", "/", "~")) or m.path.count("/") != 1:
-        raise UserError(f"model.path={m.path!r} does not exist (give a local HF-format dir or a hub id owner/name)")
-    return m.path
-
-
 def load_data(cfg: TrainCfg) -> tuple[list[dict], list[dict]]:
     """Training records and held-out records (held-out only for the toy task)."""
     from sposd.data.sources import load_records
@@ -184,7 +142,9 @@ def _resume_point(cfg: TrainCfg, run_dir: Path, *, world: int) -> tuple[Path | N
     return path, meta
 
 
-def _save_checkpoint(run_dir: Path, step: int, cfg: TrainCfg, *, learner, sampler, tokenizer, summary, world) -> Path:
+def _save_checkpoint(
+    run_dir: Path, step: int, cfg: TrainCfg, *, learner, sampler, tokenizer, summary, world, eval_history
+) -> Path:
     """Every rank: its DeepSpeed shards, RNG and sampler state; rank 0 the model files and meta; then commit."""
     root = ck.checkpoint_root(run_dir)
     tmp = ck.begin(root, step)
@@ -193,6 +153,7 @@ def _save_checkpoint(run_dir: Path, step: int, cfg: TrainCfg, *, learner, sample
     ck.save_model_files(tmp, learner.module.config, tokenizer=tokenizer)
     ck.fault_pause()
     meta = {"world": world, "num_steps": cfg.num_steps, "algo": cfg.algo.name, "seed": cfg.seed}
+    meta["eval_history"] = eval_history
     if "base_accuracy" in summary:
         meta["base_accuracy"] = summary["base_accuracy"]
     return ck.commit(root, tmp, step, meta, keep=cfg.train.checkpoint.keep)
@@ -250,12 +211,12 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
         resolved_config: the resolved config as a plain dict, saved as config.yaml.
         engine, learner: injected components (unit tests use a scripted engine); built from cfg when None.
     """
-    from transformers import AutoTokenizer
-
     from sposd.algos import get_algo
     from sposd.data.teacher import TeacherPrompts
     from sposd.data.templates import make_prompt, stripped_template_ids
+    from sposd.evaluate import TrainingEval
     from sposd.learner.engine import DeepSpeedLearner
+    from sposd.models.paths import load_tokenizer, resolve_model_path
     from sposd.rewards import VerifierPool
     from sposd.rollout.vllm_engine import VLLMEngine
     from sposd.sync.weights import push_weights
@@ -280,12 +241,11 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
 
         write_atomic(run_dir / "config.yaml", yaml.safe_dump(redact_secrets(resolved_config), sort_keys=False))
 
-    model_path = resolve_model_path(cfg, rank=rank)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    except OSError as e:
-        raise UserError(f"model.path={cfg.model.path!r}: cannot load a tokenizer ({e})") from e
+    model_path = resolve_model_path(cfg.model, data=cfg.data, cache_dir=cfg.cache_dir, rank=rank)
+    tokenizer = load_tokenizer(model_path, cfg.model)
     train_records, heldout_records = load_data(cfg)
+    # benchmarks of train.eval.every (loaded now, so a bad path fails before training); their budget sizes the engine
+    periodic_eval = TrainingEval(cfg, tokenizer, run_dir, model_path=model_path, rank=rank, world=world)
 
     def to_prompt(rec: dict):
         prompt = make_prompt(
@@ -321,18 +281,17 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, max_new_tokens=max_new
     )
 
-    def seeded(step: int, round_: int) -> SamplingCfg:
-        """Reseed this process's torch RNG from (seed, step, generation round, rank; round -1 = held-out
-        evaluation) before sampling. The in-process vLLM engine samples from it, so a resumed run draws exactly
-        what the uninterrupted run would have. (Per-request vLLM seeds would do the same without touching the
+    def reseed(step: int, round_: int) -> None:
+        """Reseed this process's torch RNG from (seed, step, generation round, rank; rounds -1 / -2 = held-out /
+        benchmark evaluation) before sampling. The in-process vLLM engine samples from it, so a resumed run draws
+        exactly what the uninterrupted run would have. (Per-request vLLM seeds would do this without touching the
         global RNG, but vLLM's CPU build cannot rewind a CPU generator when it discards a partial-prefill token.)"""
         torch.manual_seed(_step_seed(cfg.seed, step, round_, rank))
-        return sampling
 
     engine = engine or VLLMEngine(
         model_path,
         dtype=cfg.model.dtype,
-        max_model_len=cfg.model.max_prompt_len + max_new,
+        max_model_len=max(cfg.model.max_prompt_len + max_new, periodic_eval.max_model_len),
         seed=cfg.seed * 1000 + rank,
         device=hw.device,
         kv_cache_gb=hw.vllm_kv_cache_gb,
@@ -341,6 +300,7 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
         tensor_parallel_size=hw.vllm_tp,
         enable_sleep_mode=hw.vllm_sleep,
         trust_remote_code=cfg.model.trust_remote_code,
+        max_num_seqs=hw.vllm_max_num_seqs,
     )
     learner = learner or DeepSpeedLearner(
         model_path,
@@ -372,6 +332,7 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
     start = 0
     if resume is not None:  # optimizer, schedule, teacher, sampler and RNG as they were after step `start`
         start = _restore(resume, meta, learner=learner, sampler=sampler, rank=rank)
+        periodic_eval.history = list(meta.get("eval_history", []))  # for the last / best report
         push_weights(learner.module, engine)  # vLLM samples step start + 1 from the restored policy
         summary["resumed_from"] = str(resume)
         if "base_accuracy" in meta:
@@ -380,8 +341,9 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
 
     try:
         if heldout_records and "base_accuracy" not in summary:
+            reseed(0, -1)
             summary["base_accuracy"] = heldout_accuracy(
-                engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=seeded(0, -1)
+                engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=sampling
             )
         bar = _progress(cfg.num_steps, start, enabled=is_main and cfg.logger.console)
         ckpt_s = None
@@ -395,10 +357,9 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
             all_groups: list[RolloutGroup] = []
             t_verify = 0.0
             for round_ in range(cfg.algo.max_gen_batches if cfg.algo.dynamic_sampling else 1):
+                reseed(step, round_)
                 groups = engine.generate(
-                    [to_prompt(r) for r in sampler.next(cfg.prompts_per_step)],
-                    n=cfg.algo.group_size,
-                    sampling=seeded(step, round_),
+                    [to_prompt(r) for r in sampler.next(cfg.prompts_per_step)], n=cfg.algo.group_size, sampling=sampling
                 )
                 tv = time.perf_counter()
                 grade(groups, verifier)  # 2. verify
@@ -461,12 +422,14 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
                 }
             )
             if heldout_records and cfg.heldout_every and step % cfg.heldout_every == 0:
-                acc = heldout_accuracy(
-                    engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=seeded(step, -1)
-                )
+                reseed(step, -1)
+                acc = heldout_accuracy(engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=sampling)
                 metrics["eval/heldout_accuracy"] = acc
                 if step == cfg.num_steps:
                     summary["trained_accuracy"] = acc
+            if periodic_eval.due(step):  # every train.eval.every steps and at the end
+                reseed(step, -2)
+                metrics.update(periodic_eval(step, engine, verifier))
             logger.log(step, metrics)
             if cfg.save_samples_every and (step % cfg.save_samples_every == 0 or step == 1):
                 _save_samples(run_dir, step, kept or all_groups, advs if kept else None, is_main=is_main)
@@ -493,6 +456,7 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
                     tokenizer=tokenizer,
                     summary=summary,
                     world=world,
+                    eval_history=periodic_eval.history,
                 )
                 ckpt_s = time.perf_counter() - t0
                 summary["last_checkpoint_s"] = ckpt_s
@@ -509,9 +473,12 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
             return summary
 
         if heldout_records and "trained_accuracy" not in summary:
+            reseed(cfg.num_steps, -1)
             summary["trained_accuracy"] = heldout_accuracy(
-                engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=seeded(cfg.num_steps, -1)
+                engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=sampling
             )
+        if (report := periodic_eval.report()) is not None:
+            summary["eval"] = report  # the last and the best evaluation, each with its step
         if cfg.save_final:
             final = learner.save_hf(run_dir / "final", tokenizer=tokenizer)
             if final is not None:
@@ -521,6 +488,7 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
     finally:
         stop.restore()
         logger.close()
+        periodic_eval.close()
         verifier.close()
         engine.close()
     return summary

@@ -27,7 +27,7 @@ def test_experiment_composes(name):
     assert isinstance(_compose(f"experiment={name}"), TrainCfg)
 
 
-@pytest.mark.parametrize("group", ["model", "algo", "data", "hardware", "logger"])
+@pytest.mark.parametrize("group", ["model", "algo", "data", "hardware", "logger", "eval"])
 def test_every_option_composes(group):
     for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
         extra = ["data.path=/tmp/x.jsonl"] if (group, option) == ("data", "local") else []
@@ -122,3 +122,68 @@ def test_cli_missing_model_path_is_one_line(tmp_path):
     r = _cli("train", f"model.path={tmp_path}/nope", f"hydra.run.dir={tmp_path}/run", "num_steps=1")
     assert r.returncode == 2
     assert "model.path" in r.stderr and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---- sposd eval ------------------------------------------------------------------------------------------
+def _compose_eval(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return to_object(compose("eval", overrides=list(overrides)))
+
+
+def test_eval_presets_follow_the_spec():
+    # spec/ALGORITHMS.md 0.7: opsd_repo T 1.0, top_p 0.95, top_k off, 38,912 new tokens, thinking, k 12 (the default);
+    # qwen3_recommended T 0.6, top_p 0.95, top_k 20
+    op, qw = _compose_eval().eval, _compose_eval("eval=qwen3_recommended").eval
+    assert (op.name, op.temperature, op.top_p, op.top_k, op.max_new_tokens, op.enable_thinking, op.k) == (
+        "opsd_repo", 1.0, 0.95, -1, 38912, True, 12)  # fmt: skip
+    assert (qw.temperature, qw.top_p, qw.top_k, qw.max_new_tokens, qw.enable_thinking) == (0.6, 0.95, 20, 38912, True)
+    assert _compose_eval("eval=qwen3_recommended", "eval.k=4", "eval.top_k=-1").eval.k == 4
+
+
+def test_eval_defaults_pick_benchmarks_by_model():
+    # the embedded default evaluates its own toy task; a Qwen3 preset the three contests; the command line wins
+    assert list(_compose_eval().benchmarks) == ["toy"]
+    assert list(_compose_eval("model=qwen3-8b").benchmarks) == ["aime24", "aime25", "hmmt25"]
+    assert list(_compose_eval("model=qwen3-8b", "benchmarks=[math500]").benchmarks) == ["math500"]
+    train = _compose("model=qwen3-8b", "hardware=gpu8")
+    assert list(train.benchmarks) == ["aime24", "aime25", "hmmt25"] and train.train.eval.every == 0
+    cfg = _compose("train.eval.every=5", "eval.k=4")
+    assert (cfg.train.eval.every, cfg.eval.k) == (5, 4)  # when (train.eval) and how (the eval group)
+    with pytest.raises(ValueError, match="train.eval.every=5 needs benchmarks"):
+        _compose("train.eval.every=5", "benchmarks=[]")
+
+
+def test_cli_usage_lists_eval_and_grade(capsys):
+    from sposd.cli import main
+
+    main(["--help"])
+    out = capsys.readouterr().out
+    assert "eval " in out and "grade " in out and "benchmarks=[aime24,aime25,hmmt25]" in out
+
+
+def test_cli_unknown_benchmark_is_one_line_listing_the_valid_ones(capsys):
+    from sposd.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "benchmarks=[aime24,aime26]"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "sposd: error: unknown benchmark 'aime26' in 'benchmarks=[aime24,aime26]'; "
+        "choose from ['aime24', 'aime25', 'hmmt25', 'local', 'math500', 'toy']"
+    ]
+
+
+def test_cli_eval_bad_values_are_one_line(tmp_path, tiny_model_dir):
+    r = _cli("eval", "eval.k=0", f"hydra.run.dir={tmp_path}/run")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["sposd: error: eval.k must be >= 1, got 0"]
+    missing = f"benchmarks.math500.path={tmp_path}/x.jsonl"
+    r = _cli("eval", f"model.path={tiny_model_dir}", "benchmarks=[math500]", missing, f"hydra.run.dir={tmp_path}/run")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"sposd: error: benchmarks.math500.path='{tmp_path}/x.jsonl' does not exist (or is not a file)"
+    ]
+
+
+def test_cli_eval_help():
+    r = _cli("eval", "--help")
+    assert r.returncode == 0 and "Config groups" in r.stdout and "benchmarks" in r.stdout and "sposd grade" in r.stdout

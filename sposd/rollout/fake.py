@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from torch import Tensor
 
@@ -47,6 +47,14 @@ class ScriptedEngine:
                 )
             groups.append(RolloutGroup(prompt=p, completions=comps))
         return groups
+
+    def generate_stream(
+        self, prompts: Sequence[Prompt], *, n: int, sampling: SamplingCfg, chunk: int = 2
+    ) -> Iterator[list[RolloutGroup]]:
+        """`generate`, yielded `chunk` groups at a time in reverse order (as an engine may finish them)."""
+        groups = self.generate(prompts, n=n, sampling=sampling)[::-1]
+        for i in range(0, len(groups), chunk):
+            yield groups[i : i + chunk]
 
     def load_weights(self, named: Iterable[tuple[str, Tensor]]) -> None:
         for _ in named:  # drain: the producer may be a collective that every rank must finish

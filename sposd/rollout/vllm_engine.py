@@ -9,7 +9,7 @@ gives each rank an independent TP=1 engine.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from torch import Tensor
 
@@ -33,6 +33,7 @@ class VLLMEngine:
         max_model_len: prompt + completion token budget.
         seed: engine seed (rollout randomness; per-request seeds are not fixed, so requests differ).
         device: "cpu" or "cuda" (only decides memory knobs; vLLM detects its platform itself).
+        max_num_seqs: vLLM's cap on sequences in one batch (None: vLLM's default).
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class VLLMEngine:
         tensor_parallel_size: int = 1,
         enable_sleep_mode: bool = False,
         trust_remote_code: bool = False,
+        max_num_seqs: int | None = None,
     ) -> None:
         _set_env(kv_cache_gb)
         from vllm import LLM
@@ -67,6 +69,8 @@ class VLLMEngine:
         )
         if device == "cuda":
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
+        if max_num_seqs:
+            kwargs.update(max_num_seqs=max_num_seqs)
         self._llm = LLM(**kwargs)
         self._asleep = False
 
@@ -79,8 +83,9 @@ class VLLMEngine:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             top_k=sampling.top_k if sampling.top_k > 0 else -1,
+            min_p=sampling.min_p,
             max_tokens=sampling.max_new_tokens,
-            logprobs=0,  # the sampled token's own logprob
+            logprobs=0 if sampling.logprobs else None,  # 0: the sampled token's own logprob
             seed=sampling.seed,
             skip_special_tokens=True,
         )
@@ -92,21 +97,43 @@ class VLLMEngine:
         outs = self._llm.generate(
             [{"prompt_token_ids": p.prompt_ids} for p in prompts], self._params(sampling, n=n), use_tqdm=False
         )
-        groups = []
-        for prompt, out in zip(prompts, outs, strict=True):
-            comps = []
-            for o in out.outputs:
-                lps = [next(iter(d.values())).logprob if d else 0.0 for d in o.logprobs] if o.logprobs else None
-                comps.append(
-                    Completion(
-                        token_ids=list(o.token_ids),
-                        text=o.text,
-                        logprobs=lps,
-                        finish_reason="length" if o.finish_reason == "length" else "stop",
-                    )
-                )
-            groups.append(RolloutGroup(prompt=prompt, completions=comps))
-        return groups
+        return [_group(prompt, out) for prompt, out in zip(prompts, outs, strict=True)]
+
+    def generate_stream(
+        self, prompts: Sequence[Prompt], *, n: int, sampling: SamplingCfg
+    ) -> Iterator[list[RolloutGroup]]:
+        """Like `generate`, but yields the groups that finished at each engine step, as soon as they finish.
+
+        All prompts are queued at once, so vLLM batches exactly as in one `generate` call; a caller can save
+        finished problems while the rest still run. Closing the iterator early aborts the unfinished requests.
+        """
+        if not prompts:
+            return
+        llm = self._llm
+        if not hasattr(llm, "enqueue"):  # older vLLM: no streaming, one batch
+            yield self.generate(prompts, n=n, sampling=sampling)
+            return
+        ids = llm.enqueue(
+            [{"prompt_token_ids": p.prompt_ids} for p in prompts], self._params(sampling, n=n), use_tqdm=False
+        )
+        # enqueue returns internal ids "<counter>-<suffix>"; outputs carry the external "<counter>"
+        index = {rid.split("-", 1)[0]: i for i, rid in enumerate(ids)}
+        pending = dict(zip(index, ids, strict=True))
+        try:
+            while pending and llm.llm_engine.has_unfinished_requests():
+                finished = []
+                for out in llm.llm_engine.step():
+                    key = out.request_id.split("-", 1)[0]
+                    if out.finished and pending.pop(key, None) is not None:
+                        finished.append(_group(prompts[index[key]], out))
+                if finished:
+                    yield finished
+        finally:
+            if pending:
+                try:
+                    llm.llm_engine.abort_request(list(pending.values()), internal=True)
+                except TypeError:  # a vLLM whose abort_request takes only ids
+                    llm.llm_engine.abort_request(list(pending.values()))
 
     def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
         """Score a fixed completion: vLLM's prompt_logprobs of the completion tokens (raw, temperature 1)."""
@@ -143,3 +170,19 @@ class VLLMEngine:
             import gc
 
             gc.collect()
+
+
+def _group(prompt: Prompt, out) -> RolloutGroup:
+    """A vLLM RequestOutput (n samples of one prompt) as a RolloutGroup with token ids, logprobs, finish reason."""
+    comps = []
+    for o in out.outputs:
+        lps = [next(iter(d.values())).logprob if d else 0.0 for d in o.logprobs] if o.logprobs else None
+        comps.append(
+            Completion(
+                token_ids=list(o.token_ids),
+                text=o.text,
+                logprobs=lps,
+                finish_reason="length" if o.finish_reason == "length" else "stop",
+            )
+        )
+    return RolloutGroup(prompt=prompt, completions=comps)

@@ -1,7 +1,8 @@
 """`sposd train` end to end through the CLI on the real stack (tiny random model, toy task, 2 steps).
 
 Checks the run-directory contract of DESIGN.md, that final/ loads in transformers and vLLM, and that
-`hardware=cpu2` runs two gloo ranks with ZeRO-3 partitioning and one vLLM engine per rank.
+`hardware=cpu2` runs two gloo ranks with ZeRO-3 partitioning and one vLLM engine per rank. Both also evaluate the
+policy on the toy benchmark during training (`train.eval.every`, through the training engine).
 """
 
 from __future__ import annotations
@@ -44,12 +45,26 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+# Evaluation during training on the toy benchmark (4 problems x 2 samples, 8 new tokens), at the last step.
+EVAL = ("train.eval.every=2", "eval.k=2", "eval.max_new_tokens=8", "benchmarks.toy.limit=4")
+
+
+def _check_eval(run: Path) -> None:
+    rows = _metrics(run)
+    assert "eval/toy/avg@k" not in rows[0] and 0 <= rows[1]["eval/toy/avg@k"] <= 1
+    results = json.loads((run / "eval" / "step_2" / "results.json").read_text())
+    assert results["benchmarks"]["toy"]["num_problems"] == 4 and results["benchmarks"]["toy"]["num_samples"] == 8
+    summary = json.loads((run / "summary.json").read_text())["eval"]
+    assert summary["last"]["step"] == summary["best"]["step"] == 2
+
+
 def test_one_rank_writes_the_run_contract(tiny_model_dir, tmp_path):
     run = tmp_path / "run"
-    _train(run, f"model.path={tiny_model_dir}", "hardware=cpu", "save_samples_every=1")
+    _train(run, f"model.path={tiny_model_dir}", "hardware=cpu", "save_samples_every=1", *EVAL)
     rows = _metrics(run)
     assert [r["step"] for r in rows] == [1, 2]
     assert METRIC_KEYS <= rows[0].keys()
+    _check_eval(run)
     assert rows[0]["groups/generated"] == 4
     assert all(r["actor/rollout_logp_abs_diff"] < 1e-4 for r in rows), "vLLM sampled from stale weights"
     for step in (1, 2):
@@ -83,12 +98,13 @@ def test_one_rank_writes_the_run_contract(tiny_model_dir, tmp_path):
 
 def test_two_cpu_ranks(tiny_model_dir, tmp_path):
     run = tmp_path / "run2"
-    _train(run, f"model.path={tiny_model_dir}", "hardware=cpu2", "save_final=false")
+    _train(run, f"model.path={tiny_model_dir}", "hardware=cpu2", "save_final=false", *EVAL)
     rows = _metrics(run)
     assert [r["step"] for r in rows] == [1, 2]  # logged once (rank 0), not once per rank
     # each rank generated its 2 prompts x 4; the metrics are global sums over both ranks
     assert rows[0]["groups/generated"] == 4
     assert all(r["actor/rollout_logp_abs_diff"] < 1e-4 for r in rows)
+    _check_eval(run)  # each rank evaluated 2 of the 4 problems; rank 0 gathered all 8 samples
 
 
 def test_dapo_dynamic_sampling_runs_with_no_mixed_groups(tiny_model_dir, tmp_path):

@@ -1,0 +1,74 @@
+"""Where a model comes from: `builtin` (the embedded tiny model, built and cached), a local HF dir, or a hub id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sposd.config import DataCfg, ModelCfg
+from sposd.errors import UserError
+
+
+def resolve_model_path(model: ModelCfg, *, data: DataCfg, cache_dir: str, rank: int = 0) -> str:
+    """'builtin' -> build + warm-start (cached) the embedded tiny model; a local dir must exist; else a hub id.
+
+    The builtin model is keyed on its architecture and warm-start knobs (`model.builtin.*`) and the toy task's
+    knobs (`data.max_operand`, `data.min_terms`, `data.max_terms`). In a multi-rank job rank 0 builds it first.
+    """
+    if model.path == "builtin":
+        from sposd import dist as sdist
+        from sposd.models.warmstart import ensure_toy_model
+
+        cache = Path(cache_dir).expanduser() / "toy_models"
+        b = model.builtin
+        knobs = dict(
+            hidden_size=b.hidden_size,
+            num_layers=b.num_layers,
+            num_heads=b.num_heads,
+            num_kv_heads=b.num_kv_heads,
+            intermediate_size=b.intermediate_size,
+            steps=b.warmstart_steps,
+            lr=b.warmstart_lr,
+            batch_size=b.warmstart_batch_size,
+            privileged_frac=b.privileged_frac,
+            seed=b.seed,
+            max_operand=data.max_operand,
+            min_terms=data.min_terms,
+            max_terms=data.max_terms,
+        )
+        if rank == 0:
+            path = ensure_toy_model(cache, **knobs)
+        sdist.barrier()
+        if rank != 0:
+            path = ensure_toy_model(cache, **knobs)  # cache hit: rank 0 just built it
+        return str(path)
+    p = Path(model.path).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise UserError(f"model.path={model.path!r} is a directory without config.json (not a Hugging Face model)")
+        return str(p)
+    if model.path.startswith((".", "/", "~")) or model.path.count("/") != 1:
+        raise UserError(f"model.path={model.path!r} does not exist (give a local HF-format dir or a hub id owner/name)")
+    return model.path
+
+
+def load_tokenizer(path: str, model: ModelCfg):
+    """The model's tokenizer; a UserError naming model.path when it cannot be loaded (e.g. an unknown hub id)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=model.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model.path={model.path!r}: cannot load a tokenizer ({str(e).splitlines()[0]})") from e
+
+
+def context_length(path: str, *, trust_remote_code: bool = False) -> int | None:
+    """The model's maximum context (max_position_embeddings of its text config), or None when unknown."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
