@@ -35,7 +35,9 @@ class RecordingLearner:
 
 def _cfg(*overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return to_object(compose("train", overrides=["hardware=cpu", "logger=jsonl", *overrides]))
+        # the stand-in learner has no state to checkpoint (tests/integration/test_resume.py covers checkpoints)
+        base = ["hardware=cpu", "logger=jsonl", "train.checkpoint.on_exit=false", "train.checkpoint.every=0"]
+        return to_object(compose("train", overrides=[*base, *overrides]))
 
 
 def _answer_script(n_right):
