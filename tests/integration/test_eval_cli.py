@@ -55,7 +55,7 @@ def four_benchmarks(long_tiny_model, shared_dir, tmp_path_factory) -> tuple[Path
         sys.executable, "-m", "sposd", "eval", f"model.path={long_tiny_model}",
         "benchmarks=[aime24,aime25,hmmt25,math500]", *[f"benchmarks.{b}.path={files / f'{b}.jsonl'}" for b in SIZES],
         "benchmarks.math500.limit=20", "eval.k=2", "eval.max_new_tokens=8", "hardware=cpu",
-        "hardware.vllm_max_num_seqs=4",  # two problems at a time, so problems finish one by one and the kill lands
+        "hardware.vllm_max_num_seqs=16",  # at most 8 problems at a time: they finish in ~14 waves, the kill lands
         f"hydra.run.dir={run}",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
