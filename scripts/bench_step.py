@@ -70,6 +70,9 @@ def main() -> None:
         out["teacher_fwd_s_median"] = statistics.median(r["time/teacher_fwd_s"] for r in rows)
     if all("mem/learn_peak_gb" in r for r in rows):  # learner step's peak above what was resident before it
         out["learn_peak_gb"] = max(r["mem/learn_peak_gb"] for r in rows)
+    ckpt = [r["time/checkpoint_s"] for r in rows if "time/checkpoint_s" in r]  # with train.checkpoint.every=N
+    if ckpt:
+        out["checkpoint_s"] = statistics.median(ckpt)
     # peak resident memory of this process (learner + in-process vLLM + verifier parent), for comparing algorithms
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(
@@ -83,6 +86,8 @@ def main() -> None:
         print(f"  teacher forward passes: {out['teacher_fwd_s']:.3f} s/step (inside learn)")
     if "learn_peak_gb" in out:
         print(f"learner step peak memory above resident (max over steps): {out['learn_peak_gb'] * 1024:.1f} MB")
+    if "checkpoint_s" in out:
+        print(f"checkpoint write (median of {len(ckpt)}): {out['checkpoint_s']:.3f} s")
     print(f"peak RSS of the process: {out['peak_rss_gb']:.2f} GB")
     if args.json:
         print(json.dumps(out))
