@@ -158,7 +158,16 @@ def _quiet_libraries(device: str) -> None:
     hf_logging.set_verbosity_error()
 
 
-def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, engine=None, learner=None) -> dict:
+def train(
+    cfg: TrainCfg,
+    run_dir: Path,
+    *,
+    resolved_config: dict | None = None,
+    engine=None,
+    learner=None,
+    sync_engine_first: bool = False,
+    close_engine: bool = True,
+) -> dict:
     """Run `cfg.num_steps` RL steps; returns a summary (base / trained held-out accuracy, final path).
 
     Args:
@@ -166,10 +175,14 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
         run_dir: where the run-directory contract is written.
         resolved_config: the resolved config as a plain dict, saved as config.yaml.
         engine, learner: injected components (unit tests use a scripted engine); built from cfg when None.
+        sync_engine_first: push the learner's weights into the engine before the first rollout (an injected engine
+            reused from another run holds that run's weights).
+        close_engine: close the engine at the end (false keeps an injected engine alive for the next run).
     """
     from transformers import AutoTokenizer
 
     from sposd.algos import get_algo
+    from sposd.algos.config import REFERENCE_CONTEXTS
     from sposd.data.teacher import TeacherPrompts
     from sposd.data.templates import make_prompt, stripped_template_ids
     from sposd.learner.engine import DeepSpeedLearner
@@ -206,21 +219,26 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
             prompt.prompt_ids = stripped_template_ids(tokenizer, prompt.prompt_ids)
         return prompt
 
-    algo = get_algo(cfg.algo.name)(cfg.algo, rollout_temperature=cfg.rollout.temperature)
-    dcfg = cfg.algo.distill
-    if dcfg.enabled and dcfg.context in ("reference_solution", "partial_solution"):
-        if not any(r.get("solution") for r in train_records):
-            raise UserError(
-                f"algo.distill.context={dcfg.context} needs reference solutions, but data={cfg.data.name} has no "
-                "'solution' field (map one with data.fields.solution=<column>)"
-            )
+    algo = get_algo(cfg.algo.name)(cfg.algo, rollout_temperature=cfg.rollout.temperature, seed=cfg.seed)
+    dcfg, mcfg = cfg.algo.distill, cfg.algo.adv_mod
+    needs_solution = (
+        [f"algo.distill.context={dcfg.context}"] if dcfg.enabled and dcfg.context in REFERENCE_CONTEXTS else []
+    )
+    needs_solution += (
+        [f"algo.adv_mod.context={mcfg.context}"] if mcfg.scores and mcfg.context == "reference_solution" else []
+    )
+    if needs_solution and not any(r.get("solution") for r in train_records):
+        raise UserError(
+            f"{needs_solution[0]} needs reference solutions, but data={cfg.data.name} has no "
+            "'solution' field (map one with data.fields.solution=<column>)"
+        )
     teacher_prompts = TeacherPrompts(
         tokenizer,
         instruction=cfg.data.instruction,
         enable_thinking=cfg.model.enable_thinking,
         wrapper=dcfg.wrapper,
         # the teacher context may hold a witness as long as a completion
-        max_len=cfg.model.max_prompt_len + cfg.model.max_new_tokens,
+        max_len=cfg.model.max_teacher_prompt_len or cfg.model.max_prompt_len + cfg.model.max_new_tokens,
         reveal_min=dcfg.reveal_min,
         reveal_direction=dcfg.reveal_direction,
         overlap_metric=dcfg.overlap,
@@ -268,7 +286,11 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
     heldout_prompts = [to_prompt(r) for r in heldout_records[rank::world]]
     summary: dict = {"run_dir": str(run_dir)}
 
+    first_len: float | None = None  # mean response length at step 1 (response/len_reduction is relative to it)
+
     try:
+        if sync_engine_first:
+            push_weights(learner.module, engine)
         if heldout_prompts:
             summary["base_accuracy"] = heldout_accuracy(
                 engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=sampling
@@ -301,9 +323,10 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
             # 4. algorithm: advantages, per-sample loss weights and teacher contexts -> learner samples
             advs, weights = algo.advantages(kept), algo.loss_mask_weight(kept)
             requests = algo.distill_requests(kept, cut_reference=teacher_prompts.cut_reference)
+            scoring = algo.score_requests(kept)
             comps = [(g, c) for g in kept for c in g.completions]
-            samples, too_long = [], 0
-            for (g, c), a, w, req in zip(comps, advs, weights, requests, strict=True):
+            samples, too_long, score_fallback = [], 0, 0
+            for (g, c), a, w, req, ctxs in zip(comps, advs, weights, requests, scoring, strict=True):
                 s = LearnerSample(
                     prompt_ids=g.prompt.prompt_ids,
                     completion_ids=c.token_ids,
@@ -312,12 +335,21 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
                     rollout_logprobs=c.logprobs,
                 )
                 if req is not None:
-                    ids = teacher_prompts.render(g.prompt.problem, req.privileged)
+                    ids = teacher_prompts.render_context(g.prompt, req.context)
                     if ids is None:
                         too_long += 1
                     else:
                         s.teacher_prompt_ids, s.distill_weight = ids, req.weight
                         s.distill_len, s.distill_units = req.num_positions, req.units
+                if algo.num_score_contexts:  # a context that is missing or too long: the student's own prompt
+                    ids = (
+                        [teacher_prompts.render_context(g.prompt, x) for x in ctxs]
+                        if ctxs is not None
+                        else [None] * algo.num_score_contexts
+                    )
+                    score_fallback += any(x is None for x in ids)
+                    s.score_prompt_ids = [x if x is not None else g.prompt.prompt_ids for x in ids]
+                s.loss_weight = algo.rl_loss_weight(s.loss_weight, distilled=s.distilled)  # SRPO's routing
                 samples.append(s)
 
             # 5. learner step (DeepSpeed ZeRO-3)
@@ -332,10 +364,15 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
             sync_m = push_weights(learner.module, engine)
             t_sync = time.perf_counter() - t0
 
-            # 7. log
+            # 7. log (and let the algorithm's controllers see the step)
             metrics = {**_rollout_metrics(all_groups, kept, max_new), **learn_m, **sync_m, **algo_m}
+            first_len = first_len if first_len is not None else metrics["response/mean_len"]
+            metrics["response/len_reduction"] = 1.0 - metrics["response/mean_len"] / max(first_len, 1e-9)
             if cfg.algo.distill.enabled:
                 metrics.update(_distill_metrics(algo.distill_stats, too_long, teacher_prompts, learn_m))
+            if algo.num_score_contexts:
+                metrics["score/fallback"] = sdist.all_reduce([score_fallback])[0]
+            metrics.update(algo.end_step(step, metrics))
             metrics.update(
                 {
                     "time/rollout_s": t_rollout,
@@ -376,7 +413,8 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
     finally:
         logger.close()
         verifier.close()
-        engine.close()
+        if close_engine:
+            engine.close()
     return summary
 
 
