@@ -4,6 +4,8 @@ GRPO, DAPO and Dr.GRPO are one algorithm with different `AlgoCfg` values (conf/a
 - grpo:    adv_std_norm, clip 0.2/0.2, dual clip 3.0, loss_agg seq-mean-token-mean (verl defaults).
 - dapo:    clip-higher 0.2/0.28, token-mean, dynamic_sampling, overlong_buffer > 0, kl_coef 0.
 - dr_grpo: adv_std_norm false, seq-mean-token-sum-norm (L = loss_scale_len or max_new_tokens).
+The policy-gradient term applies the configured advantage modifier (algo.adv_mod: CEPO, ACE, G-OPD) to each
+micro-batch. Every other method (conf/algo/*.yaml) adds a distillation term and/or a modifier to it.
 
 Legend: B rows of a micro-batch, T completion tokens.
 """

@@ -269,7 +269,14 @@ class DeepSpeedLearner:
             )
             r, c = valid_BT.nonzero(as_tuple=True)
             with self._gathered_head(self.teacher) as (_, W, b):
-                lp = linear_token_logprobs(h_BTH[r, c], W, tokens_BT[r, c], bias_V=b, temperature=self.loss_temperature)
+                lp = linear_token_logprobs(
+                    h_BTH[r, c],
+                    W,
+                    tokens_BT[r, c],
+                    bias_V=b,
+                    temperature=self.loss_temperature,
+                    chunk_tokens=self.algo.cfg.distill.chunk_tokens,
+                )
             out[k, r, c] = lp.float()
         return out
 
@@ -476,7 +483,12 @@ class DeepSpeedLearner:
                 w_DT = _pad([token_w.get(i, torch.zeros(0)) for i in idx[:D]], hidden.shape[1]).to(hidden.device)
                 with self._gathered_head(self.engine) as (_, W, b):
                     logp = linear_token_logprobs(
-                        hidden.detach().flatten(0, 1), W, tokens.flatten(), bias_V=b, temperature=self.loss_temperature
+                        hidden.detach().flatten(0, 1),
+                        W,
+                        tokens.flatten(),
+                        bias_V=b,
+                        temperature=self.loss_temperature,
+                        chunk_tokens=self.algo.cfg.distill.chunk_tokens,
                     ).view_as(tokens)
                 if teacher_at[j]:  # every rank gathers the teacher's output layer here (ZeRO-3 collective)
                     with self._gathered_head(self.teacher) as (t_head, *_):

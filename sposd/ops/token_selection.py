@@ -49,21 +49,32 @@ def tip_token_stats(
     N, V = student_logits_NV.shape
     acc = torch.promote_types(student_logits_NV.dtype, torch.float32)
     h_N = torch.empty(N, dtype=acc, device=student_logits_NV.device)
+    j_N = torch.empty(N, dtype=acc, device=student_logits_NV.device)
+    topk = 0 < jsd_topk < V
     for s in range(0, N, chunk_tokens):
-        z = student_logits_NV[s : s + chunk_tokens].to(acc) / temperature
-        ls = torch.log_softmax(z, -1)
-        h_N[s : s + chunk_tokens] = -(ls.exp() * ls).sum(-1)
-    support = "teacher_topk" if 0 < jsd_topk < V else "full"
-    j_N = per_token_divergence(
-        student_logits_NV[None],
-        teacher_logits_NV[None],
-        kind="jsd",
-        beta=0.5,
-        temperature=temperature,
-        support=support,
-        topk=max(jsd_topk, 1),
-        chunk_tokens=chunk_tokens,
-    )[0]
+        sl = slice(s, s + chunk_tokens)
+        # a few [chunk, V] blocks, reused in place: log S, S, then (full-vocabulary JSD) log T, T, log M
+        ls = torch.log_softmax(student_logits_NV[sl].to(acc) / temperature, -1)
+        ps = ls.exp()
+        h_N[sl] = -torch.einsum("nv,nv->n", ps, ls)
+        if topk:
+            continue
+        lt = torch.log_softmax(teacher_logits_NV[sl].to(acc) / temperature, -1)
+        pt = lt.exp()
+        lm = torch.logaddexp(ls, lt).sub_(math.log(2.0))  # M = (S + T) / 2
+        j_N[sl] = 0.5 * torch.einsum("nv,nv->n", ps, ls.sub_(lm)) + 0.5 * torch.einsum("nv,nv->n", pt, lt.sub_(lm))
+        del ls, ps, lt, pt, lm
+    if topk:  # over the teacher's top-K logits, both renormalised (TIP's jsd_topk)
+        j_N = per_token_divergence(
+            student_logits_NV[None],
+            teacher_logits_NV[None],
+            kind="jsd",
+            beta=0.5,
+            temperature=temperature,
+            support="teacher_topk",
+            topk=jsd_topk,
+            chunk_tokens=chunk_tokens,
+        )[0]
     return h_N / math.log(V) * scale, j_N.clamp(min=0.0) / math.log(2.0) * scale
 
 
