@@ -262,9 +262,10 @@ class DistillTerm:
         exp(-H / tau) divided by its mean over all ranks' tokens.
         """
         cfg = self.cfg
+        cols = 2 if cfg.select == "tip" else 1
         lengths = [x.shape[0] for x in local]
-        flat = torch.cat(local) if local else torch.zeros(0, 1)
-        all_ranks = [torch.cat(r) if r else torch.zeros(0, flat.shape[1]) for r in everyone]
+        flat = torch.cat(local) if local else torch.zeros(0, cols)
+        all_ranks = [torch.cat(r) if r else torch.zeros(0, cols) for r in everyone]
         glob = torch.cat(all_ranks) if all_ranks else flat
         if cfg.select != "tip":
             tau = cfg.token_weight_tau

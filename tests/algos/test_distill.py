@@ -394,6 +394,7 @@ def test_tip_token_weights_keep_floor_ratio_n_and_have_mean_one():
     # two "ranks": thresholds / counts over both; each rank draws its own floor(ratio n_r)
     w2 = term.token_weights(stats[:1], [stats[:1], stats[1:]])
     assert int((w2[0] > 0).sum()) == 3 and w2[0].max() == pytest.approx(10 / 5)  # k_all = 3 + 2
+    assert term.token_weights([], [[], stats]) == []  # a rank without distilled rows
 
 
 def test_tip_q3_region_draws_only_low_entropy_high_divergence_positions():
