@@ -61,6 +61,8 @@ def main() -> None:
         "overrides": overrides,
     }
     out["other_frac"] = 1.0 - out["rollout_frac"] - out["learn_frac"] - out["sync_frac"]
+    if all("time/step_cpu_s" in r for r in rows):
+        out["step_cpu_s"] = statistics.mean(r["time/step_cpu_s"] for r in rows)
     out["learn_s"] = mean["time/learn_s"]
     if all("time/teacher_fwd_s" in r for r in rows):
         out["teacher_fwd_s"] = statistics.mean(r["time/teacher_fwd_s"] for r in rows)
@@ -72,6 +74,8 @@ def main() -> None:
     print(f"  (other includes verify: {out['verify_frac'] * 100:.1f}%)")
     if "teacher_fwd_s" in out:
         print(f"  teacher forward passes: {out['teacher_fwd_s']:.3f} s/step (inside learn)")
+    if "step_cpu_s" in out:
+        print(f"CPU time of the process: {out['step_cpu_s']:.3f} s/step (all threads)")
     print(f"peak RSS of the process: {out['peak_rss_gb']:.2f} GB")
     if args.json:
         print(json.dumps(out))

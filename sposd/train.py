@@ -297,7 +297,7 @@ def train(
             )
         bar = _progress(cfg.num_steps, enabled=is_main and cfg.logger.console)
         for step in range(1, cfg.num_steps + 1):
-            t_step = time.perf_counter()
+            t_step, cpu_step = time.perf_counter(), time.process_time()
             algo_m = algo.begin_step(step, cfg.num_steps)
 
             # 1. rollouts: G completions per prompt from the current weights (+ DAPO-style refills)
@@ -380,6 +380,9 @@ def train(
                     "time/learn_s": t_learn,
                     "time/sync_s": t_sync,
                     "time/step_s": time.perf_counter() - t_step,
+                    # this process's CPU seconds (all its threads; vLLM runs in-process): a cost that other jobs on
+                    # a shared machine inflate far less than wall time
+                    "time/step_cpu_s": time.process_time() - cpu_step,
                 }
             )
             if heldout_prompts and cfg.heldout_every and step % cfg.heldout_every == 0:

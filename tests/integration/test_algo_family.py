@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 CONF = Path(__file__).resolve().parents[2] / "conf"
 COMMON = ["hardware=cpu", "num_steps=2", "heldout_eval=false", "save_final=false", "logger=jsonl"]
 G1 = ["prompts_per_step=8"]  # single-rollout methods: 8 prompts x 1
-G8 = ["prompts_per_step=4", "algo.group_size=8"]  # group methods: 4 prompts x 8
+G8 = ["prompts_per_step=2", "algo.group_size=8"]  # group methods: 2 prompts x 8
 METHODS = {
     "sdpo": G8,
     "srpo": G8,
