@@ -9,6 +9,9 @@ machine), the learner's wall seconds, the teacher passes' wall seconds, and the 
 
     python scripts/bench_family_step.py                       # every method, 6 steps, 64 rollouts per step
     python scripts/bench_family_step.py --algos grpo tip --steps 10 --json
+
+Wall and CPU time both grow when other jobs share the cores (OpenMP threads spin while they wait): run it on a
+quiet machine, and list grpo again at the end to see whether the conditions drifted.
 """
 
 from __future__ import annotations
@@ -65,12 +68,13 @@ def main() -> None:
     keys = ("time/step_s", "time/step_cpu_s", "time/learn_s", "time/teacher_fwd_s")
     try:
         with tempfile.TemporaryDirectory(prefix="bench_family_") as tmp:
-            for algo in args.algos:
+            for i, algo in enumerate(args.algos):  # a method listed twice is measured twice (the last one is kept)
                 g = cfg_of(algo).algo.group_size
                 cfg = cfg_of(algo, prompts=args.rollouts // g)
-                train(cfg, Path(tmp) / algo, engine=engine, sync_engine_first=True, close_engine=False)
+                run = Path(tmp) / f"{i}_{algo}"
+                train(cfg, run, engine=engine, sync_engine_first=True, close_engine=False)
                 gc.collect()
-                rows = [json.loads(x) for x in (Path(tmp) / algo / "metrics.jsonl").read_text().splitlines()][1:]
+                rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][1:]
                 res[algo] = {k.split("/")[1]: statistics.mean(r.get(k, 0.0) for r in rows) for k in keys}
                 print(f"[bench] {algo}: {res[algo]}", flush=True)
     finally:

@@ -4,6 +4,17 @@ Loss normalisation is global: the algorithm divides by token/sequence counts sum
 every rank (all-reduced before the first forward). DeepSpeed must then neither divide by its accumulation steps
 (`scale_wrt_gas=False`) nor leave its data-parallel gradient *average* uncorrected, so each rank's loss is
 multiplied by the world size: the averaged gradient is then exactly the gradient of the global loss.
+
+Per optimiser step, in order, whatever the algorithm (it only answers the `Algorithm` hooks):
+    token pre-pass      (`needs_token_prepass`) teacher + student forwards on hidden states, statistics in
+                        [chunk, V] blocks, all-gathered -> per-token weights (TIP's selection, SRPO's weights)
+    per micro-batch     distillation teacher pass ([teacher context | completion], no padding between);
+                        K scoring passes (`num_score_contexts`: token log-probs from hidden states, no [B, T, V]);
+                        the student forward: dense logits, or in sparse mode (`sparse_student`) hidden states
+                        with the output layer applied with grad at the kept positions only; loss; backward
+    after the step      EMA / periodic teacher update, shard by shard
+Every ZeRO-3 collective (a module's parameter gather, an explicit GatheredParameters) happens in the same order
+on every rank: a rank without work at some point runs a matching dummy pass.
 """
 
 from __future__ import annotations
