@@ -475,7 +475,7 @@ class DeepSpeedLearner:
                 else:
                     self._dummy_forward(self.teacher, hidden=self.sparse)
             T = max((len(s.completion_ids) for s in rows), default=1)
-            score_logp = self._score_logps(rows or None, max(T, 1)) if self.algo.num_score_contexts else None
+            score_logp = self._score_logps(rows or None, T) if self.algo.num_score_contexts else None
             t_teacher += time.perf_counter() - t0
             if not rows:
                 self._dummy_backward(teacher_gather=bool(teacher_at[j]))
@@ -511,8 +511,7 @@ class DeepSpeedLearner:
                             )
                             r, c = (pos & (w_DT[:, :Td] > 0)).nonzero(as_tuple=True)
                             teacher_kept = (r, c, t_head(teacher_hidden[r, c]))
-                calls = _CountingHead(self.engine.module.get_output_embeddings())
-                student_head = calls
+                student_head = _CountingHead(self.engine.module.get_output_embeddings())
             else:
                 logits = self._logits(self.engine, mb)
                 logp = token_logprobs(logits, tokens, temperature=self.loss_temperature)
