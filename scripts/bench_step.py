@@ -61,6 +61,8 @@ def main() -> None:
         "overrides": overrides,
     }
     out["other_frac"] = 1.0 - out["rollout_frac"] - out["learn_frac"] - out["sync_frac"]
+    if all("time/step_cpu_s" in r for r in rows):
+        out["step_cpu_s"] = statistics.mean(r["time/step_cpu_s"] for r in rows)
     out["learn_s"] = mean["time/learn_s"]
     # medians resist the 10x outliers a busy 2-core machine produces when another process takes a core
     out["step_s_median"] = statistics.median(r["time/step_s"] for r in rows)
@@ -88,6 +90,8 @@ def main() -> None:
         print(f"learner step peak memory above resident (max over steps): {out['learn_peak_gb'] * 1024:.1f} MB")
     if "checkpoint_s" in out:
         print(f"checkpoint write (median of {len(ckpt)}): {out['checkpoint_s']:.3f} s")
+    if "step_cpu_s" in out:
+        print(f"CPU time of the process: {out['step_cpu_s']:.3f} s/step (all threads)")
     print(f"peak RSS of the process: {out['peak_rss_gb']:.2f} GB")
     if args.json:
         print(json.dumps(out))

@@ -3,15 +3,18 @@
 
 Every (algorithm, seed) is one `sposd train` run (a subprocess, so each gets a fresh vLLM and DeepSpeed) in
 OUT/<algo>/seed_<n>/. Runs that finished (summary.json present) are not redone, so an interrupted comparison
-resumes. Group methods (GRPO, SSOPD) sample `rollouts / group_size` prompts per step, single-rollout
-methods (OPSD, PAINT) `rollouts` prompts, so every method sees the same number of rollouts per step. All runs
+resumes. Group methods (GRPO, SSOPD, SDPO, ...) sample `rollouts / group_size` prompts per step, single-rollout
+methods (OPSD, PAINT, ...) `rollouts` prompts, so every method sees the same number of rollouts per step. All runs
 start from the same warm-started tiny model (model.builtin.seed is not varied); the seed changes the prompt
-order and the sampling.
+order and the sampling. Each method runs with its conf/algo/<name>.yaml defaults (the YAMLs say which are the
+project's defaults rather than the papers').
 
-Writes OUT/results.json, OUT/table.md and OUT/curves.png (training reward and held-out accuracy vs step,
-mean over seeds with a min-max band), and prints the table.
+Writes OUT/results.json, OUT/table.md and OUT/curves.png (training accuracy, held-out accuracy and mean response
+length vs step, mean over seeds with a min-max band), and prints the table: held-out accuracy at the evaluated
+steps, the final gain, training accuracy and mean response length over the last 10 steps, and the median step
+time, both also relative to GRPO when it is among the methods.
 
-    python scripts/compare_algos.py                              # grpo ssopd opsd paint x seeds 0 1 2
+    python scripts/compare_algos.py                              # every method x seeds 0 1 2 (hours on a CPU)
     python scripts/compare_algos.py --algos grpo ssopd --seeds 0 --steps 40 --out /tmp/cmp optim.lr=2e-4
 """
 
@@ -27,6 +30,23 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+ALL_ALGOS = (
+    "grpo",
+    "ssopd",
+    "opsd",
+    "paint",
+    "sdpo",
+    "srpo",
+    "cepo",
+    "atesd",
+    "tip",
+    "paced",
+    "opsdc",
+    "ace",
+    "gopd",
+    "sdzero",
+    "opsd_sgtopk",
+)
 
 
 def _compose_group_size(algo: str) -> int:
@@ -88,6 +108,7 @@ def collect(out: Path, algos: list[str], seeds: list[int]) -> dict:
                     "heldout_accuracy": acc,
                     "reward": [r["reward/mean"] for r in rows],
                     "accuracy": [r["reward/accuracy"] for r in rows],
+                    "response_len": [r["response/mean_len"] for r in rows],
                     "step_s": statistics.median(r["time/step_s"] for r in rows[1:]) if len(rows) > 1 else None,
                 }
             )
@@ -104,17 +125,32 @@ def table(res: dict) -> str:
     head = (
         "| algo | "
         + " | ".join(f"acc@{s}" for s in steps)
-        + " | Δ (final − base) | train acc, last 10 steps | median s/step |"
+        + " | Δ (final − base) | train acc, last 10 steps | resp. len, last 10 steps | len / GRPO | median s/step"
+        + " | s/step / GRPO |"
     )
-    lines = [head, "|" + "---|" * (len(steps) + 4)]
+    lines = [head, "|" + "---|" * (len(steps) + 7)]
+
+    def last10(r, key):
+        return statistics.mean(r[key][-10:])
+
+    def mean_step(runs):
+        xs = [r["step_s"] for r in runs if r["step_s"] is not None]
+        return statistics.mean(xs) if xs else float("nan")
+
+    ref = res.get("grpo")
+    ref_len = statistics.mean(last10(r, "response_len") for r in ref) if ref else None
+    ref_step = mean_step(ref) if ref else None
     for algo, runs in res.items():
         cells = [_mean_sd([r["heldout_accuracy"][s] for r in runs if s in r["heldout_accuracy"]]) for s in steps]
         delta = [r["heldout_accuracy"][steps[-1]] - r["heldout_accuracy"][0] for r in runs]
-        train = [statistics.mean(r["accuracy"][-10:]) for r in runs]
-        step_s = [r["step_s"] for r in runs if r["step_s"] is not None]
+        train = [last10(r, "accuracy") for r in runs]
+        length = [last10(r, "response_len") for r in runs]
+        step_s = mean_step(runs)
+        rel_len = f"{statistics.mean(length) / ref_len:.2f}" if ref_len else "–"
+        rel_step = f"{step_s / ref_step:.2f}" if ref_step else "–"
         lines.append(
             f"| {algo} | " + " | ".join(cells) + f" | {_mean_sd(delta)} | {_mean_sd(train)} | "
-            f"{statistics.mean(step_s):.2f} |"
+            f"{_mean_sd(length)} | {rel_len} | {step_s:.2f} | {rel_step} |"
         )
     return "\n".join(lines)
 
@@ -128,7 +164,7 @@ def plot(res: dict, path: Path, *, smooth: int = 10) -> bool:
     except ImportError:
         print("matplotlib is not installed (pip install -e '.[plot]'): no plot written", file=sys.stderr)
         return False
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(18, 4.5))
     for algo, runs in res.items():
         n = min(len(r["accuracy"]) for r in runs)
         curves = []
@@ -145,13 +181,16 @@ def plot(res: dict, path: Path, *, smooth: int = 10) -> bool:
             color=line.get_color(),
             alpha=0.15,
         )
+        lens = [statistics.mean(r["response_len"][i] for r in runs) for i in range(n)]
+        ax3.plot(steps, lens, color=line.get_color(), label=algo)
         ev = sorted(set.intersection(*(set(r["heldout_accuracy"]) for r in runs)))
         ys = [[r["heldout_accuracy"][s] for r in runs] for s in ev]
         ax2.plot(ev, [statistics.mean(y) for y in ys], marker="o", color=line.get_color(), label=algo)
         ax2.fill_between(ev, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.15)
     ax1.set(xlabel="step", ylabel=f"training accuracy (rolling mean of {smooth})", title="rollout accuracy")
     ax2.set(xlabel="step", ylabel="held-out accuracy", title="held-out accuracy (toy task)")
-    for ax in (ax1, ax2):
+    ax3.set(xlabel="step", ylabel="tokens", title="mean response length")
+    for ax in (ax1, ax2, ax3):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -162,7 +201,7 @@ def plot(res: dict, path: Path, *, smooth: int = 10) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
-    ap.add_argument("--algos", nargs="+", default=["grpo", "ssopd", "opsd", "paint"])
+    ap.add_argument("--algos", nargs="+", default=list(ALL_ALGOS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--eval-every", type=int, default=50)
@@ -191,7 +230,18 @@ def main() -> None:
         + (f", {args.out / 'curves.png'}" if plotted else "")
     )
     if args.json:
-        print(json.dumps({a: {"heldout_accuracy": [r["heldout_accuracy"] for r in runs]} for a, runs in res.items()}))
+        print(
+            json.dumps(
+                {
+                    a: {
+                        "heldout_accuracy": [r["heldout_accuracy"] for r in runs],
+                        "response_len_last10": [statistics.mean(r["response_len"][-10:]) for r in runs],
+                        "step_s": [r["step_s"] for r in runs],
+                    }
+                    for a, runs in res.items()
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,11 @@ class BuiltinModelCfg:
 
 @dataclass(kw_only=True)
 class ModelCfg:
-    """What to train: a Hugging Face id or local directory, or 'builtin' for the embedded tiny model."""
+    """What to train: a Hugging Face id or local directory, or 'builtin' for the embedded tiny model.
+
+    max_teacher_prompt_len caps a teacher's context (privileged message) in tokens; null = max_prompt_len +
+    max_new_tokens (room for a witness as long as a completion). Longer contexts are skipped and counted.
+    """
 
     name: str = MISSING
     path: str = MISSING
@@ -52,6 +56,7 @@ class ModelCfg:
     enable_thinking: bool = False
     max_prompt_len: int = 512
     max_new_tokens: int = 64
+    max_teacher_prompt_len: int | None = None
     gradient_checkpointing: bool = False
     builtin: BuiltinModelCfg = field(default_factory=BuiltinModelCfg)
 
@@ -59,6 +64,8 @@ class ModelCfg:
         _check_choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _check_positive("model.max_prompt_len", self.max_prompt_len)
         _check_positive("model.max_new_tokens", self.max_new_tokens)
+        if self.max_teacher_prompt_len is not None:
+            _check_positive("model.max_teacher_prompt_len", self.max_teacher_prompt_len)
 
 
 @dataclass(kw_only=True)

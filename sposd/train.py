@@ -143,13 +143,26 @@ def _resume_point(cfg: TrainCfg, run_dir: Path, *, world: int) -> tuple[Path | N
 
 
 def _save_checkpoint(
-    run_dir: Path, step: int, cfg: TrainCfg, *, learner, sampler, tokenizer, summary, world, eval_history
+    run_dir: Path,
+    step: int,
+    cfg: TrainCfg,
+    *,
+    learner,
+    sampler,
+    algo,
+    loop_state: dict,
+    tokenizer,
+    summary,
+    world,
+    eval_history,
 ) -> Path:
-    """Every rank: its DeepSpeed shards, RNG and sampler state; rank 0 the model files and meta; then commit."""
+    """Every rank: its DeepSpeed shards, RNG, sampler, algorithm (controllers) and loop state; rank 0 the model
+    files and meta; then commit."""
     root = ck.checkpoint_root(run_dir)
     tmp = ck.begin(root, step)
     learner.save_state(tmp)
-    torch.save({"rng": _rng_state(), "sampler": sampler.state_dict()}, tmp / f"rank_{sdist.rank():05d}.pt")
+    rank_state = {"rng": _rng_state(), "sampler": sampler.state_dict(), "algo": algo.state_dict(), "loop": loop_state}
+    torch.save(rank_state, tmp / f"rank_{sdist.rank():05d}.pt")
     ck.save_model_files(tmp, learner.module.config, tokenizer=tokenizer)
     ck.fault_pause()
     meta = {"world": world, "num_steps": cfg.num_steps, "algo": cfg.algo.name, "seed": cfg.seed}
@@ -159,13 +172,14 @@ def _save_checkpoint(
     return ck.commit(root, tmp, step, meta, keep=cfg.train.checkpoint.keep)
 
 
-def _restore(path: Path, meta: dict, *, learner, sampler, rank: int) -> int:
-    """Load a checkpoint into this rank's learner, sampler and RNGs; returns its step."""
+def _restore(path: Path, meta: dict, *, learner, sampler, algo, rank: int) -> tuple[int, dict]:
+    """Load a checkpoint into this rank's learner, sampler, algorithm and RNGs; returns its step and loop state."""
     learner.load_state(path)
     state = torch.load(path / f"rank_{rank:05d}.pt", map_location="cpu", weights_only=False)
     sampler.load_state_dict(state["sampler"])
+    algo.load_state_dict(state.get("algo", {}))
     _set_rng_state(state["rng"])
-    return int(meta["step"])
+    return int(meta["step"]), dict(state.get("loop", {}))
 
 
 def _rng_state() -> dict:
@@ -202,7 +216,16 @@ def _quiet_libraries(device: str) -> None:
     hf_logging.set_verbosity_error()
 
 
-def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, engine=None, learner=None) -> dict:
+def train(
+    cfg: TrainCfg,
+    run_dir: Path,
+    *,
+    resolved_config: dict | None = None,
+    engine=None,
+    learner=None,
+    sync_engine_first: bool = False,
+    close_engine: bool = True,
+) -> dict:
     """Run `cfg.num_steps` RL steps; returns a summary (base / trained held-out accuracy, final path).
 
     Args:
@@ -210,8 +233,12 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
         run_dir: where the run-directory contract is written.
         resolved_config: the resolved config as a plain dict, saved as config.yaml.
         engine, learner: injected components (unit tests use a scripted engine); built from cfg when None.
+        sync_engine_first: push the learner's weights into the engine before the first rollout (an injected engine
+            reused from another run holds that run's weights).
+        close_engine: close the engine at the end (false keeps an injected engine alive for the next run).
     """
     from sposd.algos import get_algo
+    from sposd.algos.config import REFERENCE_CONTEXTS
     from sposd.data.teacher import TeacherPrompts
     from sposd.data.templates import make_prompt, stripped_template_ids
     from sposd.evaluate import TrainingEval
@@ -255,21 +282,26 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
             prompt.prompt_ids = stripped_template_ids(tokenizer, prompt.prompt_ids)
         return prompt
 
-    algo = get_algo(cfg.algo.name)(cfg.algo, rollout_temperature=cfg.rollout.temperature)
-    dcfg = cfg.algo.distill
-    if dcfg.enabled and dcfg.context in ("reference_solution", "partial_solution"):
-        if not any(r.get("solution") for r in train_records):
-            raise UserError(
-                f"algo.distill.context={dcfg.context} needs reference solutions, but data={cfg.data.name} has no "
-                "'solution' field (map one with data.fields.solution=<column>)"
-            )
+    algo = get_algo(cfg.algo.name)(cfg.algo, rollout_temperature=cfg.rollout.temperature, seed=cfg.seed)
+    dcfg, mcfg = cfg.algo.distill, cfg.algo.adv_mod
+    needs_solution = (
+        [f"algo.distill.context={dcfg.context}"] if dcfg.enabled and dcfg.context in REFERENCE_CONTEXTS else []
+    )
+    needs_solution += (
+        [f"algo.adv_mod.context={mcfg.context}"] if mcfg.scores and mcfg.context == "reference_solution" else []
+    )
+    if needs_solution and not any(r.get("solution") for r in train_records):
+        raise UserError(
+            f"{needs_solution[0]} needs reference solutions, but data={cfg.data.name} has no "
+            "'solution' field (map one with data.fields.solution=<column>)"
+        )
     teacher_prompts = TeacherPrompts(
         tokenizer,
         instruction=cfg.data.instruction,
         enable_thinking=cfg.model.enable_thinking,
         wrapper=dcfg.wrapper,
         # the teacher context may hold a witness as long as a completion
-        max_len=cfg.model.max_prompt_len + cfg.model.max_new_tokens,
+        max_len=cfg.model.max_teacher_prompt_len or cfg.model.max_prompt_len + cfg.model.max_new_tokens,
         reveal_min=dcfg.reveal_min,
         reveal_direction=dcfg.reveal_direction,
         overlap_metric=dcfg.overlap,
@@ -329,9 +361,9 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
     sampler = PromptSampler(train_records, seed=cfg.seed, rank=rank, world=world)
     heldout_prompts = [to_prompt(r) for r in heldout_records[rank::world]]
     summary: dict = {"run_dir": str(run_dir)}
-    start = 0
-    if resume is not None:  # optimizer, schedule, teacher, sampler and RNG as they were after step `start`
-        start = _restore(resume, meta, learner=learner, sampler=sampler, rank=rank)
+    start, loop_state = 0, {}
+    if resume is not None:  # optimizer, schedule, teacher, controllers, sampler and RNG as after step `start`
+        start, loop_state = _restore(resume, meta, learner=learner, sampler=sampler, algo=algo, rank=rank)
         periodic_eval.history = list(meta.get("eval_history", []))  # for the last / best report
         push_weights(learner.module, engine)  # vLLM samples step start + 1 from the restored policy
         summary["resumed_from"] = str(resume)
@@ -339,7 +371,12 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
             summary["base_accuracy"] = meta["base_accuracy"]
     stop = ck.StopSignals(cfg.train.checkpoint.signals).install()
 
+    # mean response length at step 1: response/len_reduction is relative to it (kept across a resume)
+    first_len: float | None = loop_state.get("first_len")
+
     try:
+        if sync_engine_first and resume is None:  # an injected engine holds another run's weights
+            push_weights(learner.module, engine)
         if heldout_records and "base_accuracy" not in summary:
             reseed(0, -1)
             summary["base_accuracy"] = heldout_accuracy(
@@ -348,7 +385,7 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
         bar = _progress(cfg.num_steps, start, enabled=is_main and cfg.logger.console)
         ckpt_s = None
         for step in range(start + 1, cfg.num_steps + 1):
-            t_step = time.perf_counter()
+            t_step, cpu_step = time.perf_counter(), time.process_time()
             algo_m = algo.begin_step(step, cfg.num_steps)
 
             # 1. rollouts: G completions per prompt from the current weights (+ DAPO-style refills)
@@ -375,9 +412,10 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
             # 4. algorithm: advantages, per-sample loss weights and teacher contexts -> learner samples
             advs, weights = algo.advantages(kept), algo.loss_mask_weight(kept)
             requests = algo.distill_requests(kept, cut_reference=teacher_prompts.cut_reference)
+            scoring = algo.score_requests(kept)
             comps = [(g, c) for g in kept for c in g.completions]
-            samples, too_long = [], 0
-            for (g, c), a, w, req in zip(comps, advs, weights, requests, strict=True):
+            samples, too_long, score_fallback = [], 0, 0
+            for (g, c), a, w, req, ctxs in zip(comps, advs, weights, requests, scoring, strict=True):
                 s = LearnerSample(
                     prompt_ids=g.prompt.prompt_ids,
                     completion_ids=c.token_ids,
@@ -386,12 +424,21 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
                     rollout_logprobs=c.logprobs,
                 )
                 if req is not None:
-                    ids = teacher_prompts.render(g.prompt.problem, req.privileged)
+                    ids = teacher_prompts.render_context(g.prompt, req.context)
                     if ids is None:
                         too_long += 1
                     else:
                         s.teacher_prompt_ids, s.distill_weight = ids, req.weight
                         s.distill_len, s.distill_units = req.num_positions, req.units
+                if algo.num_score_contexts:  # a context that is missing or too long: the student's own prompt
+                    ids = (
+                        [teacher_prompts.render_context(g.prompt, x) for x in ctxs]
+                        if ctxs is not None
+                        else [None] * algo.num_score_contexts
+                    )
+                    score_fallback += any(x is None for x in ids)
+                    s.score_prompt_ids = [x if x is not None else g.prompt.prompt_ids for x in ids]
+                s.loss_weight = algo.rl_loss_weight(s.loss_weight, distilled=s.distilled)  # SRPO's routing
                 samples.append(s)
 
             # 5. learner step (DeepSpeed ZeRO-3)
@@ -406,12 +453,17 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
             sync_m = push_weights(learner.module, engine)
             t_sync = time.perf_counter() - t0
 
-            # 7. log
+            # 7. log (and let the algorithm's controllers see the step)
             metrics = {**_rollout_metrics(all_groups, kept, max_new), **learn_m, **sync_m, **algo_m}
+            first_len = first_len if first_len is not None else metrics["response/mean_len"]
+            metrics["response/len_reduction"] = 1.0 - metrics["response/mean_len"] / max(first_len, 1e-9)
             if cfg.algo.distill.enabled:
                 metrics.update(_distill_metrics(algo.distill_stats, too_long, teacher_prompts, learn_m))
             if ckpt_s is not None:  # the previous checkpoint's write, logged with the step after it
                 metrics["time/checkpoint_s"] = ckpt_s
+            if algo.num_score_contexts:
+                metrics["score/fallback"] = sdist.all_reduce([score_fallback])[0]
+            metrics.update(algo.end_step(step, metrics))
             metrics.update(
                 {
                     "time/rollout_s": t_rollout,
@@ -419,6 +471,9 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
                     "time/learn_s": t_learn,
                     "time/sync_s": t_sync,
                     "time/step_s": time.perf_counter() - t_step,
+                    # this process's CPU seconds (all its threads; vLLM runs in-process): a cost that other jobs on
+                    # a shared machine inflate far less than wall time
+                    "time/step_cpu_s": time.process_time() - cpu_step,
                 }
             )
             if heldout_records and cfg.heldout_every and step % cfg.heldout_every == 0:
@@ -453,6 +508,8 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
                     cfg,
                     learner=learner,
                     sampler=sampler,
+                    algo=algo,
+                    loop_state={"first_len": first_len},
                     tokenizer=tokenizer,
                     summary=summary,
                     world=world,
@@ -490,7 +547,8 @@ def train(cfg: TrainCfg, run_dir: Path, *, resolved_config: dict | None = None, 
         logger.close()
         periodic_eval.close()
         verifier.close()
-        engine.close()
+        if close_engine:
+            engine.close()
     return summary
 
 

@@ -81,6 +81,80 @@ def test_distillation_presets_follow_the_spec():
         _compose("algo=ssopd", "algo.distill.divergence=kl")
 
 
+FAMILY = ("sdpo", "srpo", "cepo", "atesd", "tip", "paced", "opsdc", "ace", "gopd", "sdzero", "opsd_sgtopk")
+
+
+def test_every_family_method_has_a_yaml_that_composes():
+    algos = {p.stem for p in (CONF / "algo").glob("*.yaml")}
+    assert set(FAMILY) <= algos
+    for name in FAMILY:
+        assert _compose(f"algo={name}").algo.name == name
+
+
+def test_family_presets_follow_the_spec():
+    a = {n: _compose(f"algo={n}").algo for n in FAMILY}
+    sd = a["sdpo"].distill  # section 3: replaces RL; first other successful sibling; top-100 + tail; IS 2; EMA .05
+    assert a["sdpo"].rl_coef == 0 and a["sdpo"].group_size == 8
+    assert (sd.context, sd.wrapper, sd.witness_thinking, sd.teacher, sd.ema_rate) == (
+        "successful_sibling",
+        "sdpo_exact",
+        "strip",
+        "ema",
+        0.05,
+    )
+    assert (sd.divergence, sd.beta, sd.support, sd.topk, sd.is_clip) == ("jsd", 0.5, "student_topk_tail", 100, 2.0)
+    sr = a["srpo"].distill  # section 4: routing + teacher-entropy weights
+    assert a["srpo"].rl_coef == 1 and (sr.select, sr.rl_on_distilled, sr.token_weight) == (
+        "failed_only",
+        False,
+        "teacher_entropy",
+    )
+    ce = a["cepo"].adv_mod  # section 6
+    assert (ce.kind, ce.context, ce.teacher, ce.cepo_lambda, ce.cepo_warmup_steps, ce.cepo_eps) == (
+        "cepo",
+        "answer_contrast",
+        "current",
+        0.5,
+        25,
+        0.2,
+    )
+    assert (a["cepo"].clip_low, a["cepo"].clip_high, a["cepo"].distill.enabled) == (0.2, 0.28, False)
+    at = a["atesd"].distill  # section 7
+    assert (at.context, at.exposure_window, at.exposure_discount, at.teacher) == ("exposure_prefix", 10, 0.9, "initial")
+    ti = a["tip"].distill  # section 8
+    assert (ti.select, ti.tip_ratio, ti.divergence, ti.tip_h_quantile, ti.tip_j_quantile) == (
+        "tip",
+        0.5,
+        "rkl",
+        0.5,
+        0.8,
+    )
+    pa = a["paced"].distill  # section 9
+    assert (pa.prompt_weight, pa.prompt_weight_a, pa.prompt_weight_b, pa.prompt_weight_norm) == (
+        "beta",
+        1,
+        1,
+        "batch_mean",
+    )
+    assert (pa.divergence, pa.divergence_after, pa.divergence_switch_frac) == ("fkl", "rkl", 0.5)
+    oc = a["opsdc"].distill  # section 10
+    assert (oc.context, oc.teacher, oc.update_every, oc.divergence, oc.support, oc.select) == (
+        "concise_instruction",
+        "periodic",
+        50,
+        "rkl",
+        "full",
+        "all",
+    )
+    assert (a["ace"].adv_mod.kind, a["ace"].adv_mod.ace_reduce, a["ace"].rl_coef) == ("ace", "sum", 1.0)  # section 11
+    go = a["gopd"]  # section 12: ExOPD lambda 1.25, n = 1, base = initial weights
+    assert (go.group_size, go.adv_mod.kind, go.adv_mod.gopd_lambda, go.adv_mod.teacher) == (1, "gopd", 1.25, "initial")
+    sz = a["sdzero"].distill  # section 5
+    assert (sz.context, sz.teacher, sz.update_every) == ("reviser", "periodic", 50)
+    sg = a["opsd_sgtopk"].distill  # section 13
+    assert (sg.divergence, sg.support, sg.topk) == ("sg_topk_rkl", "student_topk", 20)
+
+
 def test_invalid_value_names_the_key():
     with pytest.raises(ValueError, match="optim.schedule"):
         _compose("optim.schedule=exponential")

@@ -161,3 +161,47 @@ def test_reference_contexts_need_solutions(tiny_model_dir, tmp_path):
         train(
             cfg, tmp_path / "run", engine=ScriptedEngine(_answer_script(0), lambda s: [1]), learner=RecordingLearner()
         )
+
+
+def test_srpo_routes_samples_between_the_rl_and_distillation_terms(tiny_model_dir, tok, tmp_path):
+    # group: #0 right, #1..#3 wrong. The correct one keeps GRPO only; the failed ones (they have a correct sibling)
+    # get the teacher (shown #0) and lose their GRPO term (loss_weight 0).
+    cfg = _cfg(
+        f"model.path={tiny_model_dir}",
+        "algo=srpo",
+        "num_steps=1",
+        "prompts_per_step=1",
+        "algo.group_size=4",
+        "heldout_eval=false",
+    )
+    learner = RecordingLearner()
+    train(cfg, tmp_path, engine=ScriptedEngine(_answer_script(1), lambda s: tok(s)["input_ids"]), learner=learner)
+    batch = learner.batches[0]
+    assert [s.distilled for s in batch] == [False, True, True, True]
+    assert [s.loss_weight for s in batch] == [1.0, 0.0, 0.0, 0.0]
+    demo = tok.decode(batch[0].completion_ids)
+    for s in batch[1:]:
+        text = tok.decode(s.teacher_prompt_ids)
+        assert f"Correct solution:\n\n{demo}" in text and "Correctly solve the original question." in text
+
+
+def test_cepo_scoring_contexts_splice_the_answers_after_the_student_prompt(tiny_model_dir, tok, tmp_path):
+    cfg = _cfg(
+        f"model.path={tiny_model_dir}",
+        "algo=cepo",
+        "num_steps=1",
+        "prompts_per_step=1",
+        "algo.group_size=4",
+        "heldout_eval=false",
+    )
+    learner = RecordingLearner()
+    train(cfg, tmp_path, engine=ScriptedEngine(_answer_script(1), lambda s: tok(s)["input_ids"]), learner=learner)
+    batch = learner.batches[0]
+    for s in batch:
+        assert s.teacher_prompt_ids is None and len(s.score_prompt_ids) == 2
+        pos, neg = (p[len(s.prompt_ids) :] for p in s.score_prompt_ids)
+        assert all(p[: len(s.prompt_ids)] == s.prompt_ids for p in s.score_prompt_ids)
+        # gold answer vs the rejected rollout's boxed answer "x" (the scripted wrong answer)
+        assert tok.decode(neg) == " x" and tok.decode(pos) != " x"
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["score/fallback"] == 0 and row["adv_mod/lambda"] == 0.5

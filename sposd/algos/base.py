@@ -10,6 +10,7 @@ Legend: B rows of a micro-batch, T completion tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,27 +23,64 @@ from sposd.ops.shaping import overlong_penalty
 from sposd.ops.types import LossOut
 from sposd.types import RolloutGroup
 
+Head = Callable[[Tensor], Tensor]
+
 
 @dataclass
 class DistillBatch:
     """The distilled rows of a micro-batch (the first D rows), teacher and student aligned on completion positions.
 
+    The logits come either dense (`*_logits_DTV`) or as final hidden states plus the output layer (`*_hidden_DTH`,
+    `*_head`): the sparse form lets a term that needs only some positions (TIP) compute [N, V] logits there alone,
+    so neither a dense logits tensor nor its gradient exists. `student_logits_at` / `teacher_logits_at` read
+    either form.
+
     Attributes:
-        student_logits_DTV: student logits predicting completion tokens (grad; may be a strided view).
+        student_logits_DTV: student logits predicting completion tokens (grad; may be a strided view), or None.
         teacher_logits_DTV: teacher logits at the same positions, from [teacher context | same tokens] (no grad).
         tokens_DT: the completion tokens.
         lengths_D: leading positions of each row that may receive the distillation loss (long).
         weight_D: per-row weight (prompt weight / normaliser share set by the algorithm's data hook).
         logp_DT, old_logp_DT: current / behaviour log-probs of the tokens (for the importance-ratio clip).
+        token_weight_DT: per-token weights from the token pre-pass (`Algorithm.token_weights`), or None.
+        student_hidden_DTH, student_head: final student hidden states and logits = head(hidden) (sparse form).
+        teacher_hidden_DTH, teacher_head: the same for the teacher (no grad).
+        teacher_kept: (rows, cols, logits_NV): teacher logits the learner computed at exactly the positions the
+            term will ask for (sparse mode: only the kept positions of a token pre-pass), or None.
     """
 
-    student_logits_DTV: Tensor
-    teacher_logits_DTV: Tensor
+    student_logits_DTV: Tensor | None
+    teacher_logits_DTV: Tensor | None
     tokens_DT: Tensor
     lengths_D: Tensor
     weight_D: Tensor
     logp_DT: Tensor
     old_logp_DT: Tensor
+    token_weight_DT: Tensor | None = None
+    student_hidden_DTH: Tensor | None = None
+    student_head: Head | None = None
+    teacher_hidden_DTH: Tensor | None = None
+    teacher_head: Head | None = None
+    teacher_kept: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def student_logits_at(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """Student logits at the positions (rows[n], cols[n]): [N, V] (differentiable when the student is)."""
+        if self.student_logits_DTV is not None:
+            return self.student_logits_DTV[rows, cols]
+        assert self.student_hidden_DTH is not None and self.student_head is not None, "no student logits or head"
+        return self.student_head(self.student_hidden_DTH[rows, cols])
+
+    @torch.no_grad()
+    def teacher_logits_at(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """Teacher logits at the positions (rows[n], cols[n]): [N, V]."""
+        if self.teacher_logits_DTV is not None:
+            return self.teacher_logits_DTV[rows, cols]
+        if self.teacher_kept is not None:
+            r, c, logits_NV = self.teacher_kept
+            assert torch.equal(r, rows) and torch.equal(c, cols), "teacher_kept holds other positions"
+            return logits_NV
+        assert self.teacher_hidden_DTH is not None and self.teacher_head is not None, "no teacher logits or head"
+        return self.teacher_head(self.teacher_hidden_DTH[rows, cols])
 
 
 @dataclass
@@ -56,6 +94,8 @@ class PolicyBatch:
         adv_B: per-sequence advantage.
         ref_logp_BT: initial-policy log-prob, only when `Algorithm.needs_ref`.
         distill: teacher/student logits of the rows that have a teacher, only when `Algorithm.needs_teacher`.
+        teacher_logp_KBT: teacher log-probs of each token under the K scoring contexts of every row
+            (`Algorithm.num_score_contexts` > 0), no grad.
     """
 
     logp_BT: Tensor
@@ -64,25 +104,55 @@ class PolicyBatch:
     adv_B: Tensor
     ref_logp_BT: Tensor | None = None
     distill: DistillBatch | None = None
+    teacher_logp_KBT: Tensor | None = None
+
+
+CONTEXT_KINDS = ("wrap", "reviser", "concise", "splice")
+
+
+@dataclass
+class TeacherContext:
+    """One teacher context, as the data layer renders it (`sposd.data.teacher.TeacherPrompts.render_context`).
+
+    Attributes:
+        kind: "wrap" (the teacher message wrapper around privileged text: a reference, witness, partial
+            reference or sibling), "reviser" (SD-Zero's reviser prompt around the attempt `text` and its
+            `verdict`), "concise" (OPSDC's concise-solving instruction around the problem; `text` unused),
+            "splice" (the student's own prompt ids followed by the tokens of `text`, CEPO's answer contexts).
+        text: the privileged text.
+        verdict: the attempt's binary reward ("reviser").
+    """
+
+    kind: str
+    text: str
+    verdict: bool | None = None
+
+    def __post_init__(self) -> None:
+        assert self.kind in CONTEXT_KINDS, f"unknown teacher context kind {self.kind!r}"
 
 
 @dataclass
 class TeacherRequest:
-    """What the algorithm asks for one completion: a teacher shown `privileged` text, scoring its tokens.
+    """What the algorithm asks for one completion: a teacher shown a privileged context, scoring its tokens.
 
     Attributes:
-        privileged: the text placed in the teacher's message (reference, witness or partial reference).
+        context: the teacher context (its `text` is the privileged text: reference, witness, partial reference...).
         weight: per-token weight of this completion (prompt weight, divided by the prompt's selected-token count
             under "prompt_mean").
         num_positions: leading completion positions that receive the loss.
         units: this completion's share of the global normaliser (1 / #targets of its prompt under
-            "prompt_mean", its selected-token count under "token_mean").
+            "prompt_mean", its selected-token count under "token_mean"; times the prompt weight under
+            prompt_weight_norm "batch_mean").
     """
 
-    privileged: str
+    context: TeacherContext
     weight: float
     num_positions: int
     units: float
+
+    @property
+    def privileged(self) -> str:
+        return self.context.text
 
 
 @dataclass
@@ -113,16 +183,33 @@ class LossTerm(Protocol):
 class Algorithm:
     """Base class: data hooks driven by `AlgoCfg`, loss = sum of the terms built by `build_terms`.
 
+    Hooks the loop and learner call, none of which knows an algorithm's name:
+        begin_step / end_step     per-step schedules (coefficients, divergence stage, CEPO's lambda) and
+                                  controllers (ATESD's exposure), fed the step's metrics
+        shape_rewards, filter_groups, advantages, loss_mask_weight, rl_loss_weight
+        distill_requests          the distillation teacher context of each completion
+        score_requests            the K scoring contexts of each completion (advantage modifiers)
+        token_stats / token_weights   the learner's per-token pre-pass (TIP selection, SRPO's entropy weights)
+        loss                      the sum of the terms
+
     Args:
         cfg: the validated algo config.
+        rollout_temperature: the loss temperature when distill.loss_temperature is null.
+        seed: seeds the algorithm's own randomness (the exposure controller's draws).
     """
 
-    def __init__(self, cfg: AlgoCfg, *, rollout_temperature: float = 1.0) -> None:
+    def __init__(self, cfg: AlgoCfg, *, rollout_temperature: float = 1.0, seed: int = 0) -> None:
         self.cfg = cfg
         self.rollout_temperature = rollout_temperature
+        self.seed = seed
         self.terms = self.build_terms()
         assert self.terms, f"{type(self).__name__}.build_terms() returned no loss terms"
         self.distill_stats: dict[str, float] = {}
+        self.controller = None
+        if cfg.distill.enabled and cfg.distill.context == "exposure_prefix":
+            from sposd.algos.controller import ExposureController
+
+            self.controller = ExposureController(cfg.distill, seed=seed)
 
     def build_terms(self) -> list[LossTerm]:
         """The loss terms this algorithm sums: the RL base term (rl_coef > 0) and the distillation term."""
@@ -141,42 +228,100 @@ class Algorithm:
 
     @property
     def teacher_weights(self) -> str | None:
-        """None without a distillation term, else "current" | "initial" | "ema" | "periodic"."""
-        return self.cfg.distill.teacher if self.cfg.distill.enabled else None
+        """The teacher's weights ("current" | "initial" | "ema" | "periodic"), None when nothing needs a teacher.
+
+        The distillation term and a scoring advantage modifier share one teacher (the config enforces it).
+        """
+        if self.cfg.distill.enabled:
+            return self.cfg.distill.teacher
+        return self.cfg.adv_mod.teacher if self.cfg.adv_mod.scores else None
+
+    @property
+    def teacher_ema_rate(self) -> float:
+        return self.cfg.distill.ema_rate
+
+    @property
+    def teacher_update_every(self) -> int:
+        return self.cfg.distill.update_every
+
+    @property
+    def num_score_contexts(self) -> int:
+        """K: teacher contexts per completion whose token log-probs the learner computes (0 = none)."""
+        return self.cfg.adv_mod.num_contexts
+
+    @property
+    def needs_token_prepass(self) -> bool:
+        """Whether the learner runs `token_stats` / `token_weights` over the batch before the loss passes."""
+        return any(getattr(t, "needs_token_prepass", False) for t in self.terms)
+
+    @property
+    def sparse_student(self) -> bool:
+        """Whether no term differentiates dense student logits: the learner then hands the distillation term final
+        hidden states and the output layer (`DistillBatch` sparse form) and computes log-probs without grad."""
+        return self.cfg.rl_coef == 0 and any(getattr(t, "sparse", False) for t in self.terms)
+
+    def _distill_term(self):
+        from sposd.algos.distill import DistillTerm
+
+        return next(t for t in self.terms if isinstance(t, DistillTerm))
+
+    def token_stats(self, db: DistillBatch) -> list[Tensor]:
+        """Pre-pass statistics of each distilled row ([n_i, C] per row, no grad)."""
+        return self._distill_term().token_stats(db)
+
+    def token_weights(self, local: list[Tensor], everyone: list[list[Tensor]]) -> list[Tensor]:
+        """Per-token weights ([n_i] per local row) from this rank's row statistics and every rank's."""
+        return self._distill_term().token_weights(local, everyone)
 
     def begin_step(self, step: int, total_steps: int) -> dict[str, float]:
-        """Called by the loop before each training step (1-based): updates scheduled coefficients."""
-        from sposd.algos.schedule import coef_at
-
+        """Called by the loop before each training step (1-based): schedules and controller decisions."""
         out: dict[str, float] = {}
-        d = self.cfg.distill
         for term in self.terms:
-            if hasattr(term, "coef"):
-                term.coef = coef_at(
-                    step,
-                    total_steps,
-                    base=d.coef,
-                    schedule=d.coef_schedule,
-                    warmup_steps=d.coef_warmup_steps,
-                    final_ratio=d.coef_final_ratio,
-                )
-                out["distill/coef"] = term.coef
+            if hasattr(term, "begin_step"):
+                out.update(term.begin_step(step, total_steps))
+        if self.controller is not None:
+            out.update(self.controller.begin_step(step, total_steps))
         return out
 
+    def end_step(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
+        """Called by the loop after each step with its (rank-global) metrics: controller updates."""
+        return self.controller.end_step(step, metrics) if self.controller is not None else {}
+
+    def state_dict(self) -> dict:
+        """The algorithm's own trainable state (the exposure controller), for checkpoints."""
+        return {"controller": self.controller.state_dict()} if self.controller is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.controller is not None and "controller" in state:
+            self.controller.load_state_dict(state["controller"])
+
     def distill_requests(self, groups: list[RolloutGroup], *, cut_reference=None) -> list[TeacherRequest | None]:
-        """Which completions get a teacher, with what privileged text and weight; flat in group order.
+        """Which completions get a teacher, with what context and weight; flat in group order.
 
         Args:
             groups: verified, reward-shaped groups (the ones that go to the learner).
-            cut_reference: (completion_ids, solution) -> partial solution text, for context "partial_solution".
+            cut_reference: (completion_ids, solution, rho=None) -> the reference with its suffix dropped (rho None:
+                by rollout-reference overlap, PAINT; else the first ceil(rho n) tokens, ATESD).
         """
         from sposd.algos.distill import distill_requests
 
         if not self.cfg.distill.enabled:
             self.distill_stats = {}
             return [None] * sum(len(g.completions) for g in groups)
-        reqs, self.distill_stats = distill_requests(groups, self.cfg.distill, cut_reference=cut_reference)
+        rho = self.controller.rho if self.controller is not None else None
+        reqs, self.distill_stats = distill_requests(
+            groups, self.cfg.distill, cut_reference=cut_reference, exposure_ratio=rho
+        )
         return reqs
+
+    def score_requests(self, groups: list[RolloutGroup]) -> list[list[TeacherContext] | None]:
+        """The `num_score_contexts` teacher contexts of each completion (None: score under the student's own
+        prompt), flat in group order; [None] * B when the algorithm scores nothing."""
+        from sposd.algos.adv_mod import score_requests
+
+        if not self.cfg.adv_mod.scores:
+            return [None] * sum(len(g.completions) for g in groups)
+        return score_requests(groups, self.cfg.adv_mod)
 
     def shape_rewards(self, groups: list[RolloutGroup], *, max_new_tokens: int) -> None:
         """Set each `Completion.reward` in place: 1.0 if correct else 0.0, plus DAPO overlong shaping if on.
@@ -216,6 +361,11 @@ class Algorithm:
     def loss_mask_weight(self, groups: list[RolloutGroup]) -> list[float]:
         """Per-completion loss weight, flat in group order: 0.0 drops truncated ones when mask_truncated."""
         return [0.0 if self.cfg.mask_truncated and c.truncated else 1.0 for g in groups for c in g.completions]
+
+    def rl_loss_weight(self, weight: float, *, distilled: bool) -> float:
+        """The RL-term weight of a completion once it is known whether it got a teacher: SRPO's routing sends a
+        distilled completion to the distillation term only (distill.rl_on_distilled false)."""
+        return 0.0 if distilled and not self.cfg.distill.rl_on_distilled else weight
 
     def loss(self, mb: PolicyBatch, norm: Normalizer) -> LossOut:
         """This micro-batch's share of the batch loss (sum of the terms) and their metrics.

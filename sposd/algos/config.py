@@ -6,16 +6,31 @@ from dataclasses import dataclass, field
 
 from sposd.ops.aggregation import AGG_MODES
 
-CONTEXTS = ("none", "reference_solution", "shortest_correct", "partial_solution")
+CONTEXTS = (
+    "none",
+    "reference_solution",
+    "shortest_correct",
+    "partial_solution",
+    "exposure_prefix",
+    "successful_sibling",
+    "reviser",
+    "concise_instruction",
+)
+# contexts that need the dataset's reference solution
+REFERENCE_CONTEXTS = ("reference_solution", "partial_solution", "exposure_prefix")
 TEACHER_WEIGHTS = ("current", "initial", "ema", "periodic")
-SELECTIONS = ("all", "longest_wrong", "entropy_mismatch")
+SELECTIONS = ("all", "longest_wrong", "entropy_mismatch", "failed_only", "tip")
 PREFIXES = ("all", "cap", "witness")
-DIVERGENCE_KINDS = ("fkl", "rkl", "jsd")
-SUPPORTS = ("full", "teacher_topk", "student_topk_tail")
+DIVERGENCE_KINDS = ("fkl", "rkl", "jsd", "sg_topk_rkl")
+SUPPORTS = ("full", "teacher_topk", "student_topk_tail", "student_topk")
 PROMPT_WEIGHT_KINDS = ("none", "frontier", "indicator", "beta", "sqrt")
 DISTILL_NORMS = ("prompt_mean", "token_mean")
 MISMATCH_SIGNS = ("abs", "teacher_sharper", "student_sharper")
 STUDENT_PROMPTS = ("chat_template", "stripped_template")
+WRAPPERS = ("opsd", "sdpo", "sdpo_exact")
+TOKEN_WEIGHTS = ("none", "teacher_entropy")
+ADV_MODS = ("none", "cepo", "ace", "gopd")
+SCORE_CONTEXTS = ("answer_contrast", "reference_solution")
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -35,28 +50,60 @@ class DistillCfg:
         coef_warmup_steps, coef_final_ratio: knobs of those schedules.
         context: privileged text of the teacher: "reference_solution" (OPSD: the dataset's verified solution),
             "shortest_correct" (SSOPD: the group's shortest correct completion), "partial_solution" (PAINT: the
-            reference cut according to rollout-reference overlap).
-        wrapper: teacher message around the privileged text: "opsd" (OPSD's exact template) | "sdpo".
+            reference cut according to rollout-reference overlap), "exposure_prefix" (ATESD: the first
+            ceil(rho |s*|) reference tokens, rho from a Beta-policy controller), "successful_sibling" (SDPO / SRPO:
+            the first correct completion of the group other than the sample itself), "reviser" (SD-Zero: the
+            student's own attempt and its binary verdict, spec section 5's reviser prompt), "concise_instruction"
+            (OPSDC: the problem inside spec section 10's "solve concisely" instruction; no privileged text).
+        wrapper: teacher message around the privileged text: "opsd" (OPSD's exact template) | "sdpo" (SDPO's
+            middle text around the bare problem, the student's instruction last) | "sdpo_exact" (SDPO's reprompt
+            verbatim: "{student's user message}\nCorrect solution:\n\n{text}\n\nCorrectly solve the original
+            question."). Contexts "reviser" and "concise_instruction" have their own fixed messages.
         witness_thinking: "keep" the witness's <think> part or "strip" it (SDPO strips).
         teacher: weights of the teacher: "current" (the policy, no grad; no second copy), "initial" (a frozen
             copy of the starting weights), "ema" (theta_T <- (1-ema_rate) theta_T + ema_rate theta after each
             optimiser step), "periodic" (copied from the policy every update_every optimiser steps).
         select: which tokens get the loss: "all" completions, "longest_wrong" (SSOPD: prefixes of the longest
-            wrong completion of each mixed group), "entropy_mismatch" (only PAINT's sparse positions).
+            wrong completion of each mixed group), "entropy_mismatch" (only PAINT's sparse positions),
+            "failed_only" (SRPO: only wrong completions), "tip" (TIP: positions sampled without replacement with
+            probability prop. to h^tip_alpha j^tip_gamma, see the tip_* keys).
+        rl_on_distilled: a completion that gets a distillation target keeps its RL (policy-gradient) term (SSOPD's
+            auxiliary loss); false routes it to the distillation term only (SRPO). Completions without a teacher
+            always keep their RL term.
         prefix: for longest_wrong: "all" positions | "cap" (first prefix_cap) | "witness" (first len(witness)).
         exclude_truncated_wrong: a wrong completion that hit max_new_tokens may not be the longest wrong one.
         num_wrong: "one" (the longest wrong, the literal rule) | "all" wrong completions of a mixed group.
         length_unit: "tokens" | "chars" for shortest / longest.
-        divergence: "fkl" KL(T||S) | "rkl" KL(S||T) | "jsd" (generalised JSD(beta); beta 0 -> fkl, 1 -> rkl).
-        support: "full" vocabulary (chunked) | "teacher_topk" (renormalised) | "student_topk_tail" (+ tail bucket).
+        divergence: "fkl" KL(T||S) | "rkl" KL(S||T) | "jsd" (generalised JSD(beta); beta 0 -> fkl, 1 -> rkl) |
+            "sg_topk_rkl" (the Many-Faces stop-gradient top-k reverse KL sum_{v in K} sg(S (log S - log T)) log S,
+            K = the student's ("student_topk") or the teacher's ("teacher_topk") top `topk`, full-vocab S and T).
+        divergence_after, divergence_switch_frac: a two-stage schedule (Paced): `divergence` until
+            ceil(switch_frac x num_steps) steps are done, then `divergence_after` (null = no switch).
+        support: "full" vocabulary (chunked) | "teacher_topk" (renormalised) | "student_topk_tail" (+ tail bucket) |
+            "student_topk" (sg_topk_rkl only).
         sampled_token: the single-sample reverse-KL estimator -sg(log T(y) - log S(y)) log S(y) (needs rkl).
         clip_max: per-token pointwise clip min(D_t, clip_max); null = off.
         is_clip: multiply D_t by sg(min(pi/pi_old, is_clip)) (SDPO, 2.0); null = off.
         loss_temperature: divides both logits in the loss; null = the rollout temperature.
         prompt_weight: "frontier" 4 p(1-p) | "indicator" 1[0<p<1] | "beta" p^a (1-p)^b | "sqrt" | "none".
         prompt_weight_a, prompt_weight_b: exponents of "beta".
+        prompt_weight_norm: "none" | "batch_mean" (Paced: divide by the batch mean of w, i.e. the loss is
+            sum_x w(x) L(x) / sum_x w(x); prompts with w = 0 add nothing).
         normalize: "prompt_mean" (mean over a prompt's selected tokens, then over prompts with a target; SSOPD)
             | "token_mean" (over all selected tokens of the batch; OPSD's batchmean).
+        token_weight: "none" | "teacher_entropy" (SRPO: w_t = exp(-H(T_t) / token_weight_tau), H on the
+            divergence's support, normalised to mean 1 over the distilled tokens of the optimiser step's batch).
+        tip_ratio, tip_alpha, tip_gamma, tip_region, tip_h_quantile, tip_j_quantile, tip_jsd_topk, tip_scale: TIP:
+            keep max(1, floor(ratio N)) of the batch's N distilled positions, drawn with probability prop. to
+            max(h, 1e-8)^alpha max(j, 1e-8)^gamma, h = H(S)/ln|V|, j = JSD_0.5(S, T)/ln 2 (over the teacher's top
+            tip_jsd_topk renormalised when > 0), both times tip_scale; region "q3" draws only among positions with
+            h below its tip_h_quantile and j above its tip_j_quantile (batch quantiles). Kept positions are
+            weighted N / (number kept) so the token mean is over kept positions.
+        exposure_window, exposure_update_every, exposure_discount, exposure_lr, exposure_hidden,
+            exposure_progress: ATESD's controller: rho ~ Beta(a, b), (a, b) = softplus(MLP(state)) + 1, held for
+            exposure_window steps; REINFORCE every exposure_update_every steps on the discounted learning progress
+            of each held decision ("accuracy": the change of rollout accuracy between windows; "neg_loss": the
+            decrease of the distillation loss).
         reveal_min, reveal_direction, overlap, reveal_unit, hidden_marker: PAINT's partial solution: reveal
             rho = clip(reveal_min + (1 - reveal_min) o) of the reference, o = overlap(rollout, reference)
             ("lcs_recall" | "unigram_recall" | "bigram_recall"); "more_when_close" uses o, "more_when_far"
@@ -79,6 +126,7 @@ class DistillCfg:
     ema_rate: float = 0.05
     update_every: int = 50
     select: str = "all"
+    rl_on_distilled: bool = True
     prefix: str = "all"
     prefix_cap: int | None = None
     exclude_truncated_wrong: bool = False
@@ -86,6 +134,8 @@ class DistillCfg:
     length_unit: str = "tokens"
     divergence: str = "jsd"
     beta: float = 0.5
+    divergence_after: str | None = None
+    divergence_switch_frac: float = 0.5
     support: str = "full"
     topk: int = 50
     sampled_token: bool = False
@@ -95,7 +145,24 @@ class DistillCfg:
     prompt_weight: str = "none"
     prompt_weight_a: float = 1.0
     prompt_weight_b: float = 1.0
+    prompt_weight_norm: str = "none"
     normalize: str = "token_mean"
+    token_weight: str = "none"
+    token_weight_tau: float = 1.0
+    tip_ratio: float = 0.5
+    tip_alpha: float = 1.0
+    tip_gamma: float = 0.0
+    tip_region: str = "all"
+    tip_h_quantile: float = 0.5
+    tip_j_quantile: float = 0.8
+    tip_jsd_topk: int = 0
+    tip_scale: float = 1.0
+    exposure_window: int = 10
+    exposure_update_every: int = 30
+    exposure_discount: float = 0.9
+    exposure_lr: float = 0.01
+    exposure_hidden: int = 16
+    exposure_progress: str = "accuracy"
     reveal_min: float = 0.25
     reveal_direction: str = "more_when_close"
     overlap: str = "lcs_recall"
@@ -119,7 +186,7 @@ class DistillCfg:
         if not 0 <= self.coef_final_ratio <= 1:
             raise ValueError(f"algo.distill.coef_final_ratio must be in [0, 1], got {self.coef_final_ratio}")
         _choice(d + "context", self.context, CONTEXTS)
-        _choice(d + "wrapper", self.wrapper, ("opsd", "sdpo"))
+        _choice(d + "wrapper", self.wrapper, WRAPPERS)
         _choice(d + "witness_thinking", self.witness_thinking, ("keep", "strip"))
         _choice(d + "teacher", self.teacher, TEACHER_WEIGHTS)
         if not 0 < self.ema_rate <= 1:
@@ -134,19 +201,69 @@ class DistillCfg:
         _choice(d + "divergence", self.divergence, DIVERGENCE_KINDS)
         if not 0 <= self.beta <= 1:
             raise ValueError(f"algo.distill.beta must be in [0, 1], got {self.beta}")
+        if self.divergence_after is not None:
+            _choice(d + "divergence_after", self.divergence_after, DIVERGENCE_KINDS[:3])
+            if self.divergence == "sg_topk_rkl":
+                raise ValueError("algo.distill.divergence_after switches between fkl / rkl / jsd, not sg_topk_rkl")
+        if not 0 < self.divergence_switch_frac <= 1:
+            raise ValueError(
+                f"algo.distill.divergence_switch_frac must be in (0, 1], got {self.divergence_switch_frac}"
+            )
         _choice(d + "support", self.support, SUPPORTS)
+        sg_ok = self.support in ("student_topk", "teacher_topk")
+        if (self.divergence == "sg_topk_rkl" and not sg_ok) or (
+            self.support == "student_topk" and self.divergence != "sg_topk_rkl"
+        ):
+            raise ValueError(
+                "algo.distill.divergence=sg_topk_rkl takes its index set from support=student_topk or teacher_topk, "
+                f"and support=student_topk serves only sg_topk_rkl (got divergence={self.divergence}, "
+                f"support={self.support})"
+            )
         _at_least(d + "topk", self.topk, 1)
         if self.sampled_token and not (self.divergence == "rkl" or (self.divergence == "jsd" and self.beta == 1)):
             raise ValueError(
                 "algo.distill.sampled_token estimates the reverse KL only: set algo.distill.divergence=rkl "
                 f"(got divergence={self.divergence}, beta={self.beta})"
             )
+        if self.sampled_token and self.divergence_after is not None:
+            raise ValueError("algo.distill.sampled_token cannot follow a divergence schedule (divergence_after)")
         for key in ("clip_max", "is_clip", "loss_temperature"):
             v = getattr(self, key)
             if v is not None and not v > 0:
                 raise ValueError(f"algo.distill.{key} must be > 0 or null (off), got {v}")
         _choice(d + "prompt_weight", self.prompt_weight, PROMPT_WEIGHT_KINDS)
+        _choice(d + "prompt_weight_norm", self.prompt_weight_norm, ("none", "batch_mean"))
         _choice(d + "normalize", self.normalize, DISTILL_NORMS)
+        _choice(d + "token_weight", self.token_weight, TOKEN_WEIGHTS)
+        if not self.token_weight_tau > 0:
+            raise ValueError(f"algo.distill.token_weight_tau must be > 0, got {self.token_weight_tau}")
+        if not 0 < self.tip_ratio <= 1:
+            raise ValueError(f"algo.distill.tip_ratio must be in (0, 1], got {self.tip_ratio}")
+        _choice(d + "tip_region", self.tip_region, ("all", "q3"))
+        for key in ("tip_h_quantile", "tip_j_quantile"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"algo.distill.{key} must be in [0, 1], got {getattr(self, key)}")
+        _at_least(d + "tip_jsd_topk", self.tip_jsd_topk, 0)
+        if not self.tip_scale > 0:
+            raise ValueError(f"algo.distill.tip_scale must be > 0, got {self.tip_scale}")
+        if self.select == "tip" and self.token_weight != "none":
+            raise ValueError(
+                "algo.distill.select=tip weights its kept tokens itself: set algo.distill.token_weight=none"
+            )
+        if self.select == "tip" and self.interp_gamma > 0:
+            raise ValueError("algo.distill.select=tip does not combine with PAINT's interpolation (interp_gamma > 0)")
+        for key in ("exposure_window", "exposure_update_every", "exposure_hidden"):
+            _at_least(d + key, getattr(self, key), 1)
+        if self.exposure_update_every <= self.exposure_window:
+            raise ValueError(
+                "algo.distill.exposure_update_every must exceed exposure_window (a decision's progress is measured "
+                f"in the windows after it), got {self.exposure_update_every} <= {self.exposure_window}"
+            )
+        if not 0 <= self.exposure_discount <= 1:
+            raise ValueError(f"algo.distill.exposure_discount must be in [0, 1], got {self.exposure_discount}")
+        if not self.exposure_lr > 0:
+            raise ValueError(f"algo.distill.exposure_lr must be > 0, got {self.exposure_lr}")
+        _choice(d + "exposure_progress", self.exposure_progress, ("accuracy", "neg_loss"))
         if not 0 <= self.reveal_min <= 1:
             raise ValueError(f"algo.distill.reveal_min must be in [0, 1], got {self.reveal_min}")
         _choice(d + "reveal_direction", self.reveal_direction, ("more_when_close", "more_when_far"))
@@ -163,6 +280,77 @@ class DistillCfg:
                 "algo.distill.coef > 0 needs a teacher context: set algo.distill.context to one of "
                 f"{list(CONTEXTS[1:])}"
             )
+
+
+@dataclass(kw_only=True)
+class AdvModCfg:
+    """An advantage modifier of the RL term, computed in the loss from the learner's log-probs (spec 6, 11, 12).
+
+    Attributes:
+        kind: "none" | "cepo" (per-token reweighting by two answer-conditioned teacher passes) | "ace" (negative
+            advantages scaled by the confidence shift against the initial policy) | "gopd" (the advantage IS
+            lambda (log pi_T - log pi_base) - (log pi_old - log pi_base) per token; no group normalisation).
+        teacher: weights of the scoring teacher (cepo, gopd): "current" (the policy, no grad) | "initial".
+        context: what the scoring teacher sees: "answer_contrast" (cepo: the student prompt, assistant header
+            included, followed by " {gold answer}" / " {a rejected rollout's boxed answer}") | "reference_solution"
+            (gopd: OPSD's privileged message with the dataset's solution, as `algo.distill.wrapper` renders it).
+        cepo_lambda, cepo_schedule, cepo_warmup_steps, cepo_eps: lambda at step 1; "linear" decays it to 0 over
+            cepo_warmup_steps steps (lambda_s = max(0, lambda (1 - (s-1)/warmup))) or "constant"; the weight
+            exp(sign(A) delta) is clipped to [1 - eps, 1 + eps].
+        cepo_fallback_chars: a rejected rollout without a boxed answer contributes its first N characters.
+        ace_alpha, ace_reduce: A <- A (1 + alpha softplus(c)) for A < 0, c = "sum" (or "mean") over the tokens of
+            sg(log pi_old - log pi_ref).
+        gopd_lambda: reward scale lambda (1 = standard OPD, > 1 = ExOPD's extrapolation).
+    """
+
+    kind: str = "none"
+    teacher: str = "current"
+    context: str = "answer_contrast"
+    cepo_lambda: float = 0.5
+    cepo_schedule: str = "linear"
+    cepo_warmup_steps: int = 25
+    cepo_eps: float = 0.2
+    cepo_fallback_chars: int = 50
+    ace_alpha: float = 0.5
+    ace_reduce: str = "sum"
+    gopd_lambda: float = 1.25
+
+    @property
+    def scores(self) -> bool:
+        """Whether this modifier needs teacher log-probs of the sampled tokens (a scoring pass)."""
+        return self.kind in ("cepo", "gopd")
+
+    @property
+    def num_contexts(self) -> int:
+        """Teacher contexts scored per completion."""
+        return {"cepo": 2, "gopd": 1}.get(self.kind, 0)
+
+    def __post_init__(self) -> None:
+        a = "adv_mod."
+        _choice(a + "kind", self.kind, ADV_MODS)
+        _choice(a + "teacher", self.teacher, ("current", "initial"))
+        _choice(a + "context", self.context, SCORE_CONTEXTS)
+        if self.kind == "cepo" and self.context != "answer_contrast":
+            raise ValueError(
+                f"algo.adv_mod.kind=cepo scores two answer contexts: set algo.adv_mod.context=answer_contrast"
+                f" (got {self.context})"
+            )
+        if self.kind == "gopd" and self.context != "reference_solution":
+            raise ValueError(
+                f"algo.adv_mod.kind=gopd scores one privileged context: set "
+                f"algo.adv_mod.context=reference_solution (got {self.context})"
+            )
+        if not 0 <= self.cepo_lambda <= 1:
+            raise ValueError(f"algo.adv_mod.cepo_lambda must be in [0, 1], got {self.cepo_lambda}")
+        _choice(a + "cepo_schedule", self.cepo_schedule, ("linear", "constant"))
+        _at_least(a + "cepo_warmup_steps", self.cepo_warmup_steps, 1)
+        if not 0 <= self.cepo_eps < 1:
+            raise ValueError(f"algo.adv_mod.cepo_eps must be in [0, 1), got {self.cepo_eps}")
+        _at_least(a + "cepo_fallback_chars", self.cepo_fallback_chars, 1)
+        _at_least(a + "ace_alpha", self.ace_alpha, 0)
+        _choice(a + "ace_reduce", self.ace_reduce, ("sum", "mean"))
+        if not self.gopd_lambda > 0:
+            raise ValueError(f"algo.adv_mod.gopd_lambda must be > 0, got {self.gopd_lambda}")
 
 
 def _at_least(field: str, value: float, low: float) -> None:
@@ -195,6 +383,7 @@ class AlgoCfg:
         student_prompt: "chat_template" or "stripped_template" (OPSD's paper setting: the chat template with
             its special tokens removed, as its vLLM path produced).
         distill: the self-distillation term (`DistillCfg`); off unless distill.coef > 0.
+        adv_mod: an advantage modifier of the RL term (`AdvModCfg`); off unless adv_mod.kind != "none".
     """
 
     name: str = "grpo"
@@ -217,6 +406,7 @@ class AlgoCfg:
     num_minibatches: int = 1
     student_prompt: str = "chat_template"
     distill: DistillCfg = field(default_factory=DistillCfg)
+    adv_mod: AdvModCfg = field(default_factory=AdvModCfg)
 
     def __post_init__(self) -> None:
         _at_least("group_size", self.group_size, 1)
@@ -227,7 +417,7 @@ class AlgoCfg:
         if (
             dist.enabled
             and self.group_size < 2
-            and (dist.context == "shortest_correct" or dist.select == "longest_wrong")
+            and (dist.context in ("shortest_correct", "successful_sibling") or dist.select == "longest_wrong")
         ):
             raise ValueError(
                 f"algo.distill.context={dist.context} / select={dist.select} compare completions within a group: "
@@ -255,3 +445,13 @@ class AlgoCfg:
             raise ValueError(f"algo.loss_agg={self.loss_agg!r} is not one of {list(AGG_MODES)}")
         if self.loss_scale_len is not None:
             _at_least("loss_scale_len", self.loss_scale_len, 1)
+        mod = self.adv_mod
+        if mod.kind != "none" and self.rl_coef == 0:
+            raise ValueError(
+                f"algo.adv_mod.kind={mod.kind} modifies the RL term's advantages: it needs algo.rl_coef > 0"
+            )
+        if mod.scores and dist.enabled and dist.teacher != mod.teacher:
+            raise ValueError(
+                "the distillation term and the advantage modifier share one teacher copy: set algo.adv_mod.teacher "
+                f"and algo.distill.teacher to the same weights (got {mod.teacher} and {dist.teacher})"
+            )

@@ -4,6 +4,8 @@ GRPO, DAPO and Dr.GRPO are one algorithm with different `AlgoCfg` values (conf/a
 - grpo:    adv_std_norm, clip 0.2/0.2, dual clip 3.0, loss_agg seq-mean-token-mean (verl defaults).
 - dapo:    clip-higher 0.2/0.28, token-mean, dynamic_sampling, overlong_buffer > 0, kl_coef 0.
 - dr_grpo: adv_std_norm false, seq-mean-token-sum-norm (L = loss_scale_len or max_new_tokens).
+The policy-gradient term applies the configured advantage modifier (algo.adv_mod: CEPO, ACE, G-OPD) to each
+micro-batch. Every other method (conf/algo/*.yaml) adds a distillation term and/or a modifier to it.
 
 Legend: B rows of a micro-batch, T completion tokens.
 """
@@ -18,19 +20,29 @@ from sposd.ops.types import LossOut
 
 
 class PolicyGradientTerm:
-    """rl_coef x PPO-clip surrogate on sequence advantages; metric "loss/pg" is the unweighted surrogate."""
+    """rl_coef x PPO-clip surrogate; metric "loss/pg" is the unweighted surrogate.
 
-    needs_ref = False
+    The advantages are the sequence advantages of the data hook, or what the configured advantage modifier makes
+    of them on each micro-batch (CEPO / G-OPD: per token; ACE: rescaled negatives).
+    """
 
     def __init__(self, cfg: AlgoCfg) -> None:
+        from sposd.algos.adv_mod import make_modifier
+
         self.cfg = cfg
+        self.modifier = make_modifier(cfg.adv_mod)
+        self.needs_ref = bool(self.modifier is not None and self.modifier.needs_ref)
+
+    def begin_step(self, step: int, total_steps: int) -> dict[str, float]:
+        return self.modifier.begin_step(step, total_steps) if self.modifier is not None else {}
 
     def __call__(self, mb: PolicyBatch, norm: Normalizer) -> LossOut:
         cfg = self.cfg
+        adv, mod_metrics = (mb.adv_B, {}) if self.modifier is None else self.modifier(mb, norm)
         out = clipped_surrogate(
             mb.logp_BT,
             mb.old_logp_BT,
-            mb.adv_B,
+            adv,
             mb.mask_BT,
             clip_low=cfg.clip_low,
             clip_high=cfg.clip_high,
@@ -40,7 +52,7 @@ class PolicyGradientTerm:
             num_seqs=norm.num_seqs,
             max_len=norm.max_len,
         )
-        return LossOut(cfg.rl_coef * out.loss, {"loss/pg": out.loss.detach(), **out.metrics})
+        return LossOut(cfg.rl_coef * out.loss, {"loss/pg": out.loss.detach(), **out.metrics, **mod_metrics})
 
 
 class KLToRefTerm:
@@ -69,15 +81,35 @@ def rl_terms(cfg: AlgoCfg) -> list[LossTerm]:
     return [PolicyGradientTerm(cfg)] + ([KLToRefTerm(cfg)] if cfg.kl_coef > 0 else [])
 
 
-@register_algo("grpo")
-@register_algo("dapo")
-@register_algo("dr_grpo")
-@register_algo("opsd")
-@register_algo("ssopd")
-@register_algo("paint")
-class GroupRelativePO(Algorithm):
-    """The composed algorithm: GRPO / DAPO / Dr.GRPO base term and/or the self-distillation term.
+COMPOSED = (
+    "grpo",
+    "dapo",
+    "dr_grpo",
+    "opsd",
+    "ssopd",
+    "paint",
+    "sdpo",
+    "srpo",
+    "cepo",
+    "atesd",
+    "tip",
+    "paced",
+    "opsdc",
+    "ace",
+    "gopd",
+    "sdzero",
+    "opsd_sgtopk",
+)
 
-    GRPO, DAPO, Dr.GRPO, OPSD, SSOPD and PAINT differ only in config values (conf/algo/*.yaml); the
-    composition is `Algorithm.build_terms`.
+
+class GroupRelativePO(Algorithm):
+    """The composed algorithm: the RL base term (with an optional advantage modifier) and/or the self-distillation
+    term.
+
+    Every registered name (COMPOSED) differs only in config values (conf/algo/*.yaml); the composition is
+    `Algorithm.build_terms`, and no code looks at the name.
     """
+
+
+for _name in COMPOSED:
+    register_algo(_name)(GroupRelativePO)

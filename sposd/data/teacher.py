@@ -1,4 +1,5 @@
-"""Rendering teacher contexts: the privileged message around a reference / witness / partial reference.
+"""Rendering teacher contexts: the privileged message around a reference / witness / partial reference, SD-Zero's
+reviser prompt, OPSDC's concise instruction, or CEPO's answer spliced after the student's prompt.
 
 The teacher sequence is [these ids][the student's completion ids] with nothing in between (spec 0.3); the
 learner appends the completion.
@@ -6,7 +7,13 @@ learner appends the completion.
 
 from __future__ import annotations
 
-from sposd.data.templates import build_teacher_message, render_prompt_ids, truncate_reference
+from sposd.data.templates import (
+    build_concise_message,
+    build_reviser_message,
+    build_teacher_message,
+    render_prompt_ids,
+    truncate_reference,
+)
 from sposd.ops.overlap import overlap, reveal_ratio
 
 
@@ -46,17 +53,42 @@ class TeacherPrompts:
     def render(self, problem: str, privileged: str) -> list[int] | None:
         """Teacher context ids (chat template, generation prompt added), or None when longer than max_len."""
         msg = build_teacher_message(problem, privileged, wrapper=self.wrapper, instruction=self.instruction)
+        return self._message_ids(msg)
+
+    def _message_ids(self, msg: str) -> list[int] | None:
         ids = render_prompt_ids(self.tokenizer, msg, enable_thinking=self.enable_thinking)
         return None if self.max_len is not None and len(ids) > self.max_len else ids
 
-    def cut_reference(self, completion_ids: list[int], solution: str) -> str:
-        """PAINT: the reference with its suffix dropped, revealing rho = f(overlap(rollout, reference))."""
-        ref = self._ref_ids.get(solution)
-        if ref is None:
-            ref = self._ref_ids[solution] = list(self.tokenizer.encode(solution, add_special_tokens=False))
-            if len(self._ref_ids) > 4096:  # a bounded cache: one epoch of a large dataset must not pile up
-                self._ref_ids.pop(next(iter(self._ref_ids)))
-        o = overlap(completion_ids, ref, metric=self.overlap_metric)
-        rho = reveal_ratio(o, rho_min=self.reveal_min, direction=self.reveal_direction)
+    def render_context(self, prompt, context) -> list[int] | None:
+        """Teacher context ids for one `sposd.algos.base.TeacherContext`, or None when longer than max_len.
+
+        Args:
+            prompt: the student's `sposd.types.Prompt` (its problem text and prompt ids).
+            context: kind "wrap" (the configured wrapper around context.text), "reviser" (the reviser prompt around
+                the attempt context.text and its verdict), "concise" (OPSDC's instruction around the problem),
+                "splice" (the student's prompt ids, assistant header included, then the tokens of context.text).
+        """
+        if context.kind == "wrap":
+            return self.render(prompt.problem, context.text)
+        if context.kind == "reviser":
+            return self._message_ids(build_reviser_message(prompt.problem, context.text, correct=bool(context.verdict)))
+        if context.kind == "concise":
+            return self._message_ids(build_concise_message(prompt.problem))
+        if context.kind == "splice":
+            ids = list(prompt.prompt_ids) + list(self.tokenizer.encode(context.text, add_special_tokens=False))
+            return None if self.max_len is not None and len(ids) > self.max_len else ids
+        raise ValueError(f"unknown teacher context kind {context.kind!r}")
+
+    def cut_reference(self, completion_ids: list[int], solution: str, rho: float | None = None) -> str:
+        """The reference with its suffix dropped: PAINT reveals rho = f(overlap(rollout, reference)) of it; a given
+        rho (ATESD's exposure) reveals the first ceil(rho n) units."""
+        if rho is None:
+            ref = self._ref_ids.get(solution)
+            if ref is None:
+                ref = self._ref_ids[solution] = list(self.tokenizer.encode(solution, add_special_tokens=False))
+                if len(self._ref_ids) > 4096:  # a bounded cache: one epoch of a large dataset must not pile up
+                    self._ref_ids.pop(next(iter(self._ref_ids)))
+            o = overlap(completion_ids, ref, metric=self.overlap_metric)
+            rho = reveal_ratio(o, rho_min=self.reveal_min, direction=self.reveal_direction)
         self.last_rho.append(rho)
         return truncate_reference(self.tokenizer, solution, rho, unit=self.reveal_unit, marker=self.hidden_marker)

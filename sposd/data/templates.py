@@ -26,7 +26,24 @@ PRIVILEGED_TEMPLATE = (
 # instruction the student sees is appended after "Correctly solve the original question.", so the teacher's last
 # line states the answer format exactly as in the OPSD wrapper and the two wrappers differ only in the middle text.
 SDPO_TEMPLATE = "{problem}\nCorrect solution:\n\n{solution}\n\nCorrectly solve the original question.\n\n{instruction}"
-TEACHER_WRAPPERS = ("opsd", "sdpo")
+# SDPO's reprompt verbatim (spec section 3; lasgroup/SDPO `_maybe_build_self_distillation_batch`): {prompt} is the
+# content of the student's last user message, {solution} the solution section (empty without a demonstration).
+SDPO_REPROMPT_TEMPLATE = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
+SDPO_SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}"
+# SD-Zero's reviser prompt: spec section 5's project default (the paper's prompt is not public).
+REVISER_TEMPLATE = (
+    "{problem}\n\nHere is a previous attempt:\n{attempt}\n\nThe final answer of this attempt is {verdict}. "
+    "Write an improved, correct solution."
+)
+# OPSDC's teacher prompt `length_prune_teacher`, exact (spec section 10; HJSang/OPSD_Reasoning_Compression
+# workspace/config/prompts.json).
+CONCISE_TEMPLATE = (
+    "Solve the following math problem concisely and correctly. Be direct \u2014 avoid unnecessary elaboration, "
+    "redundant steps, or restating the problem. Focus only on the key reasoning steps needed to reach the answer."
+    "\n\nThe last line of your response should be of the form Answer: $Answer (without quotes) where $Answer is "
+    'the answer to the problem.\n\n{question}\n\nRemember to put your answer on its own line after "Answer:".'
+)
+TEACHER_WRAPPERS = ("opsd", "sdpo", "sdpo_exact")
 STUDENT_PROMPT_MODES = ("chat_template", "stripped_template")
 REFERENCE_UNITS = ("tokens", "lines")
 HIDDEN_MARKER = "(the rest of the solution is hidden)"
@@ -87,15 +104,32 @@ def build_teacher_message(
         problem: the bare problem text.
         privileged: the text only the teacher sees.
         wrapper: "opsd" = PRIVILEGED_TEMPLATE (same output as build_privileged_message), "sdpo" = SDPO_TEMPLATE
-            (with an empty instruction the trailing blank line and instruction are dropped).
+            (with an empty instruction the trailing blank line and instruction are dropped), "sdpo_exact" = SDPO's
+            reprompt around the student's own user message (`build_user_message`), no feedback section.
         instruction: the same instruction the student sees.
     """
     if wrapper == "opsd":
         return build_privileged_message(problem, privileged, instruction=instruction)
+    if wrapper == "sdpo_exact":
+        return SDPO_REPROMPT_TEMPLATE.format(
+            prompt=build_user_message(problem, instruction=instruction),
+            solution=SDPO_SOLUTION_TEMPLATE.format(successful_previous_attempt=privileged),
+            feedback="",
+        )
     if wrapper == "sdpo":
         msg = SDPO_TEMPLATE.format(problem=problem, solution=privileged, instruction=instruction)
         return msg if instruction else msg.removesuffix("\n\n")
     raise ValueError(f"unknown teacher wrapper {wrapper!r}; choose from {TEACHER_WRAPPERS}")
+
+
+def build_reviser_message(problem: str, attempt: str, *, correct: bool) -> str:
+    """SD-Zero's reviser turn: the problem, the generator's attempt and its binary verdict (REVISER_TEMPLATE)."""
+    return REVISER_TEMPLATE.format(problem=problem, attempt=attempt, verdict="correct" if correct else "incorrect")
+
+
+def build_concise_message(problem: str) -> str:
+    """OPSDC's teacher turn: the problem inside the "solve concisely" instruction (CONCISE_TEMPLATE)."""
+    return CONCISE_TEMPLATE.format(question=problem)
 
 
 def strip_thinking(text: str) -> str:

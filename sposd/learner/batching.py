@@ -26,6 +26,8 @@ class LearnerSample:
         distill_weight: per-token weight of the distillation loss on this completion.
         distill_len: leading completion positions that may receive the distillation loss.
         distill_units: this completion's share of the distillation normaliser.
+        score_prompt_ids: the K teacher contexts whose per-token log-probs of this completion an advantage
+            modifier needs (None: score under the student's own prompt).
     """
 
     prompt_ids: list[int]
@@ -37,6 +39,7 @@ class LearnerSample:
     distill_weight: float = 0.0
     distill_len: int = 0
     distill_units: float = 0.0
+    score_prompt_ids: list[list[int]] | None = None
 
     @property
     def distilled(self) -> bool:
@@ -44,8 +47,10 @@ class LearnerSample:
 
     @property
     def plan_length(self) -> tuple[int, int]:
-        """(context, completion) length for micro-batch planning: the longer of student and teacher context."""
+        """(context, completion) length for micro-batch planning: the longest of the student's and the teachers'
+        contexts (a teacher pass runs on the same rows)."""
         ctx = max(len(self.prompt_ids), len(self.teacher_prompt_ids or ())) if self.distilled else len(self.prompt_ids)
+        ctx = max([ctx, *(len(c) for c in self.score_prompt_ids or ())])
         return ctx, len(self.completion_ids)
 
 

@@ -4,6 +4,17 @@ Loss normalisation is global: the algorithm divides by token/sequence counts sum
 every rank (all-reduced before the first forward). DeepSpeed must then neither divide by its accumulation steps
 (`scale_wrt_gas=False`) nor leave its data-parallel gradient *average* uncorrected, so each rank's loss is
 multiplied by the world size: the averaged gradient is then exactly the gradient of the global loss.
+
+Per optimiser step, in order, whatever the algorithm (it only answers the `Algorithm` hooks):
+    token pre-pass      (`needs_token_prepass`) teacher + student forwards on hidden states, statistics in
+                        [chunk, V] blocks, all-gathered -> per-token weights (TIP's selection, SRPO's weights)
+    per micro-batch     distillation teacher pass ([teacher context | completion], no padding between);
+                        K scoring passes (`num_score_contexts`: token log-probs from hidden states, no [B, T, V]);
+                        the student forward: dense logits, or in sparse mode (`sparse_student`) hidden states
+                        with the output layer applied with grad at the kept positions only; loss; backward
+    after the step      EMA / periodic teacher update, shard by shard
+Every ZeRO-3 collective (a module's parameter gather, an explicit GatheredParameters) happens in the same order
+on every rank: a rank without work at some point runs a matching dummy pass.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,7 +31,7 @@ import torch
 from sposd import dist as sdist
 from sposd.algos.base import DistillBatch, Normalizer, PolicyBatch
 from sposd.learner.batching import LearnerSample, collate, plan_micro_batches
-from sposd.ops.logprobs import token_logprobs
+from sposd.ops.logprobs import linear_token_logprobs, token_logprobs
 
 
 def lr_lambda(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -215,6 +227,8 @@ class DeepSpeedLearner:
             self.teacher = self.ref
         elif self.teacher_kind is not None:
             self.teacher = frozen_copy()
+        # Sparse mode (TIP without an RL term): the student's logits exist only at the kept positions.
+        self.sparse = bool(algo.sparse_student)
         self.optimizer_steps = 0
 
     @property
@@ -236,33 +250,108 @@ class DeepSpeedLearner:
         )
         return out.logits[:, :-1]
 
+    def _hidden(self, engine, mb: dict) -> torch.Tensor:
+        """Final hidden states at the positions predicting each completion token: [B, T, H] (logits = lm_head of
+        these; the forward computes logits for one position only)."""
+        T = mb["completion_ids_BT"].shape[1]
+        out = engine(
+            input_ids=self._dev(mb["input_ids_BL"]),
+            attention_mask=self._dev(mb["attention_mask_BL"]),
+            position_ids=self._dev(mb["position_ids_BL"]),
+            use_cache=False,
+            logits_to_keep=1,
+            output_hidden_states=True,
+        )
+        return out.hidden_states[-1][:, -(T + 1) : -1]
+
+    @contextmanager
+    def _gathered_head(self, engine):
+        """The output layer's full (weight, bias) while inside, no grad; one ZeRO-3 gather (collective: every rank
+        enters it the same number of times). Yields head(h_NH) -> logits_NV in fp32 (fp64 for fp64)."""
+        import deepspeed
+
+        out = engine.module.get_output_embeddings()
+        params = [p for p in (out.weight, getattr(out, "bias", None)) if p is not None]
+        with torch.no_grad(), deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            W, b = out.weight, getattr(out, "bias", None)
+
+            def head(h_NH: torch.Tensor) -> torch.Tensor:
+                return torch.nn.functional.linear(h_NH, W, b).to(torch.promote_types(W.dtype, torch.float32))
+
+            yield head, W, b
+
     def _logp(self, engine, mb: dict) -> torch.Tensor:
         """Log-prob of each completion token under `engine`'s model: [B, T] (float32)."""
         logits_BTV = self._logits(engine, mb)
         return token_logprobs(logits_BTV, self._dev(mb["completion_ids_BT"]), temperature=self.loss_temperature)
 
+    def _teacher_mb(self, rows: list[LearnerSample], contexts: list[list[int]]) -> dict:
+        """[teacher context | the student's completion] rows, contexts left-padded: no padding between them."""
+        return collate(
+            [
+                LearnerSample(prompt_ids=c, completion_ids=s.completion_ids, adv=0.0)
+                for s, c in zip(rows, contexts, strict=True)
+            ],
+            pad_id=self.pad_id,
+        )
+
     @torch.no_grad()
     def _teacher_logits(self, rows: list[LearnerSample]) -> torch.Tensor:
         """Teacher logits on [teacher context | the student's completion] for each row: [D, T, V], no padding
         between context and completion (left-padded contexts), aligned with the student on completion positions."""
-        tmb = collate(
-            [LearnerSample(prompt_ids=s.teacher_prompt_ids, completion_ids=s.completion_ids, adv=0.0) for s in rows],
-            pad_id=self.pad_id,
-        )
-        return self._logits(self.teacher, tmb)
+        return self._logits(self.teacher, self._teacher_mb(rows, [s.teacher_prompt_ids for s in rows]))
 
     @torch.no_grad()
-    def _dummy_forward(self, engine) -> None:
+    def _score_logps(self, rows: list[LearnerSample] | None, T: int) -> torch.Tensor | None:
+        """Teacher log-probs of every completion token under each row's K scoring contexts: [K, B, T] (fp32).
+
+        The teacher runs on hidden states only and the output layer is applied in [chunk, V] blocks, so no
+        [B, T, V] teacher logits exist. rows None: this rank has no micro-batch here; it runs the same K forwards
+        and gathers on dummy input to keep ZeRO-3's collectives in step, and returns None.
+        """
+        K = self.algo.num_score_contexts
+        out = None if rows is None else torch.zeros(K, len(rows), T, device=self.engine.device)
+        for k in range(K):
+            if rows is None:
+                self._dummy_forward(self.teacher, hidden=True)
+                with self._gathered_head(self.teacher):
+                    pass
+                continue
+            tmb = self._teacher_mb(rows, [s.score_prompt_ids[k] if s.score_prompt_ids else s.prompt_ids for s in rows])
+            h_BTH = self._hidden(self.teacher, tmb)
+            tokens_BT = self._dev(tmb["completion_ids_BT"])
+            valid_BT = (
+                torch.arange(tokens_BT.shape[1], device=tokens_BT.device)[None]
+                < torch.tensor([len(s.completion_ids) for s in rows], device=tokens_BT.device)[:, None]
+            )
+            r, c = valid_BT.nonzero(as_tuple=True)
+            with self._gathered_head(self.teacher) as (_, W, b):
+                lp = linear_token_logprobs(
+                    h_BTH[r, c],
+                    W,
+                    tokens_BT[r, c],
+                    bias_V=b,
+                    temperature=self.loss_temperature,
+                    chunk_tokens=self.algo.cfg.distill.chunk_tokens,
+                )
+            out[k, r, c] = lp.float()
+        return out
+
+    @torch.no_grad()
+    def _dummy_forward(self, engine, *, hidden: bool = False) -> None:
         """A forward on two pad tokens: matches another rank's teacher pass so ZeRO-3's gathers stay in step."""
         ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.engine.device)
-        engine(input_ids=ids, use_cache=False)
+        if hidden:
+            engine(input_ids=ids, use_cache=False, logits_to_keep=1, output_hidden_states=True)
+        else:
+            engine(input_ids=ids, use_cache=False)
 
     @torch.no_grad()
     def _update_teacher(self) -> None:
         """EMA / periodic teacher: blend or copy the policy into the teacher, each rank on its own ZeRO-3 shard."""
         if self.teacher_kind == "ema":
-            rate = self.algo.cfg.distill.ema_rate
-        elif self.teacher_kind == "periodic" and self.optimizer_steps % self.algo.cfg.distill.update_every == 0:
+            rate = self.algo.teacher_ema_rate
+        elif self.teacher_kind == "periodic" and self.optimizer_steps % self.algo.teacher_update_every == 0:
             rate = 1.0
         else:
             return
@@ -273,10 +362,23 @@ class DeepSpeedLearner:
             dst = _shard(pt)
             dst.lerp_(_shard(ps).to(dst.dtype), rate)
 
-    def _dummy_backward(self) -> None:
-        """Zero-loss forward/backward: keeps ZeRO-3's collectives in step when this rank has fewer micro-batches."""
+    def _dummy_backward(self, *, teacher_gather: bool = False) -> None:
+        """Zero-loss forward/backward: keeps ZeRO-3's collectives in step when this rank has fewer micro-batches.
+
+        In sparse mode it mirrors a real sparse micro-batch in order: a hidden-state forward, a gather of the
+        policy's output layer (the log-probs), one of the teacher's when a teacher pass ran (teacher_gather), and
+        one output-layer call with grad."""
         ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.engine.device)
-        loss = self.engine(input_ids=ids, use_cache=False).logits.sum() * 0.0
+        if self.sparse:
+            out = self.engine(input_ids=ids, use_cache=False, logits_to_keep=1, output_hidden_states=True)
+            with self._gathered_head(self.engine):
+                pass
+            if teacher_gather:
+                with self._gathered_head(self.teacher):
+                    pass
+            loss = self.engine.module.get_output_embeddings()(out.hidden_states[-1][:, :1]).sum() * 0.0
+        else:
+            loss = self.engine(input_ids=ids, use_cache=False).logits.sum() * 0.0
         self.engine.backward(loss, scale_wrt_gas=False)
 
     def train_step(self, samples: list[LearnerSample], *, max_len: int) -> dict[str, float]:
@@ -322,6 +424,59 @@ class DeepSpeedLearner:
                 out[i] = lp[r, : len(samples[i].completion_ids)]
         return out  # type: ignore[return-value]
 
+    @torch.no_grad()
+    def _token_prepass(self, samples, plan, teacher_at) -> dict[int, torch.Tensor]:
+        """Per-token weights of every distilled sample (`Algorithm.token_weights`), from statistics computed over
+        the whole batch before any loss pass: TIP's selection, SRPO's entropy weights normalised over the batch.
+
+        Both models run on hidden states and their output layers are applied in [chunk, V] blocks, so the pass
+        holds no [B, T, V] logits. Ranks without distilled rows at a micro-batch mirror its forwards and gathers.
+        """
+        local: dict[int, torch.Tensor] = {}
+        for j, flag in enumerate(teacher_at):
+            if not flag:
+                continue
+            didx = [i for i in plan[j] if samples[i].distilled] if j < len(plan) else []
+            if not didx:
+                self._dummy_forward(self.teacher, hidden=True)
+                self._dummy_forward(self.engine, hidden=True)
+                with self._gathered_head(self.teacher), self._gathered_head_if_distinct():
+                    pass
+                continue
+            drows = [samples[i] for i in didx]
+            tmb = self._teacher_mb(drows, [s.teacher_prompt_ids for s in drows])
+            t_h = self._hidden(self.teacher, tmb)
+            s_h = self._hidden(self.engine, collate(drows, pad_id=self.pad_id))
+            T = min(t_h.shape[1], s_h.shape[1])
+            with self._gathered_head(self.teacher) as (t_head, *_), self._gathered_head_if_distinct() as s_head:
+                db = DistillBatch(
+                    student_logits_DTV=None,
+                    teacher_logits_DTV=None,
+                    tokens_DT=self._dev(tmb["completion_ids_BT"][:, :T]),
+                    lengths_D=torch.tensor([min(s.distill_len, T) for s in drows], device=t_h.device),
+                    weight_D=torch.tensor([s.distill_weight for s in drows], device=t_h.device),
+                    logp_DT=torch.zeros(len(drows), T, device=t_h.device),
+                    old_logp_DT=torch.zeros(len(drows), T, device=t_h.device),
+                    student_hidden_DTH=s_h[:, :T],
+                    student_head=s_head or t_head,
+                    teacher_hidden_DTH=t_h[:, :T],
+                    teacher_head=t_head,
+                )
+                for i, st in zip(didx, self.algo.token_stats(db), strict=True):
+                    local[i] = st
+        keys = sorted(local)
+        everyone = sdist.all_gather_objects([local[i] for i in keys])
+        return dict(zip(keys, self.algo.token_weights([local[i] for i in keys], everyone), strict=True))
+
+    @contextmanager
+    def _gathered_head_if_distinct(self):
+        """The policy's output layer when the teacher is a separate copy (yields its head), else nothing (None)."""
+        if self.teacher is self.engine:
+            yield None
+        else:
+            with self._gathered_head(self.engine) as (head, *_):
+                yield head
+
     def _optimizer_step(self, samples, old, ref, max_len) -> dict[str, float]:
         # Distilled rows go first in each micro-batch, so the student logits of the D distilled rows are the
         # view logits[:D] (no copy of a [D, T, V] block).
@@ -347,42 +502,86 @@ class DeepSpeedLearner:
         if self.teacher is not None:
             local = [float(j < len(plan) and any(samples[i].distilled for i in plan[j])) for j in range(n_max)]
             teacher_at = sdist.all_reduce(local, op="max") if n_max else []
+        t0 = time.perf_counter()
+        token_w = self._token_prepass(samples, plan, teacher_at) if self.algo.needs_token_prepass else {}
+        t_teacher = time.perf_counter() - t0
         metrics: dict[str, float] = {}
-        diff_sum = diff_n = t_teacher = 0.0
+        diff_sum = diff_n = 0.0
         for j in range(n_max):
             self.engine.set_gradient_accumulation_boundary(j == n_max - 1)
             rows = [samples[i] for i in plan[j]] if j < len(plan) else []
             drows = [s for s in rows if s.distilled]
-            teacher_logits = None
+            t0 = time.perf_counter()
+            teacher_logits = teacher_hidden = None
             if teacher_at[j]:
-                t0 = time.perf_counter()
-                if drows:
+                if drows and self.sparse:
+                    teacher_hidden = self._hidden(
+                        self.teacher, self._teacher_mb(drows, [s.teacher_prompt_ids for s in drows])
+                    )
+                elif drows:
                     teacher_logits = self._teacher_logits(drows)
                 else:
-                    self._dummy_forward(self.teacher)
-                t_teacher += time.perf_counter() - t0
+                    self._dummy_forward(self.teacher, hidden=self.sparse)
+            T = max((len(s.completion_ids) for s in rows), default=1)
+            score_logp = self._score_logps(rows or None, T) if self.algo.num_score_contexts else None
+            t_teacher += time.perf_counter() - t0
             if not rows:
-                self._dummy_backward()
+                self._dummy_backward(teacher_gather=bool(teacher_at[j]))
                 self.engine.step()
                 continue
             idx = plan[j]
             mb = collate(rows, pad_id=self.pad_id)
-            logits = self._logits(self.engine, mb)
-            logp = token_logprobs(logits, self._dev(mb["completion_ids_BT"]), temperature=self.loss_temperature)
+            tokens = self._dev(mb["completion_ids_BT"])
+            student_head = None
+            teacher_kept = None
+            if self.sparse:
+                # Only the kept positions of the distilled rows need logits (with grad): no dense [B, T, V] logits.
+                hidden = self._hidden(self.engine, mb)
+                logits = None
+                D = len(drows)
+                w_DT = _pad([token_w.get(i, torch.zeros(0)) for i in idx[:D]], hidden.shape[1]).to(hidden.device)
+                with self._gathered_head(self.engine) as (_, W, b):
+                    logp = linear_token_logprobs(
+                        hidden.detach().flatten(0, 1),
+                        W,
+                        tokens.flatten(),
+                        bias_V=b,
+                        temperature=self.loss_temperature,
+                        chunk_tokens=self.algo.cfg.distill.chunk_tokens,
+                    ).view_as(tokens)
+                if teacher_at[j]:  # every rank gathers the teacher's output layer here (ZeRO-3 collective)
+                    with self._gathered_head(self.teacher) as (t_head, *_):
+                        if teacher_hidden is not None:
+                            Td = teacher_hidden.shape[1]
+                            pos = (
+                                torch.arange(Td, device=hidden.device)[None]
+                                < torch.tensor([min(s.distill_len, Td) for s in drows], device=hidden.device)[:, None]
+                            )
+                            r, c = (pos & (w_DT[:, :Td] > 0)).nonzero(as_tuple=True)
+                            teacher_kept = (r, c, t_head(teacher_hidden[r, c]))
+                student_head = _CountingHead(self.engine.module.get_output_embeddings())
+            else:
+                logits = self._logits(self.engine, mb)
+                logp = token_logprobs(logits, tokens, temperature=self.loss_temperature)
             mask = self._dev(mb["mask_BT"])
             old_lp = logp.detach() if old is None else self._dev(_pad([old[i] for i in idx], logp.shape[1]))
             ref_lp = None if ref is None else self._dev(_pad([ref[i] for i in idx], logp.shape[1]))
             distill = None
-            if teacher_logits is not None:
-                D, Td = teacher_logits.shape[:2]
+            if teacher_logits is not None or teacher_hidden is not None:
+                D = len(drows)
+                Td = (teacher_logits if teacher_logits is not None else teacher_hidden).shape[1]
                 distill = DistillBatch(
-                    student_logits_DTV=logits[:D, :Td],
+                    student_logits_DTV=None if logits is None else logits[:D, :Td],
                     teacher_logits_DTV=teacher_logits,
-                    tokens_DT=self._dev(mb["completion_ids_BT"][:D, :Td]),
-                    lengths_D=torch.tensor([min(s.distill_len, Td) for s in drows], device=logits.device),
-                    weight_D=torch.tensor([s.distill_weight for s in drows], device=logits.device),
+                    tokens_DT=tokens[:D, :Td],
+                    lengths_D=torch.tensor([min(s.distill_len, Td) for s in drows], device=tokens.device),
+                    weight_D=torch.tensor([s.distill_weight for s in drows], device=tokens.device),
                     logp_DT=logp[:D, :Td],
                     old_logp_DT=old_lp[:D, :Td],
+                    token_weight_DT=_pad([token_w[i] for i in idx[:D]], Td).to(tokens.device) if token_w else None,
+                    student_hidden_DTH=None if logits is not None else hidden[:D, :Td],
+                    student_head=student_head,
+                    teacher_kept=teacher_kept,
                 )
             out = self.algo.loss(
                 PolicyBatch(
@@ -392,12 +591,16 @@ class DeepSpeedLearner:
                     adv_B=self._dev(mb["adv_B"]),
                     ref_logp_BT=ref_lp,
                     distill=distill,
+                    teacher_logp_KBT=score_logp,
                 ),
                 norm,
             )
-            self.engine.backward(out.loss * self.world, scale_wrt_gas=False)
+            loss = out.loss
+            if self.sparse and student_head.calls == 0:  # the same output-layer call on every rank (ZeRO-3)
+                loss = loss + student_head(hidden[:1, :1]).sum() * 0.0
+            self.engine.backward(loss * self.world, scale_wrt_gas=False)
             self.engine.step()
-            del logits, teacher_logits, distill
+            del logits, teacher_logits, teacher_hidden, teacher_kept, distill
             metrics["loss/total"] = metrics.get("loss/total", 0.0) + float(out.loss.detach())
             for k, v in out.metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v)
@@ -485,5 +688,18 @@ def _shard(p: torch.nn.Parameter) -> torch.Tensor:
 def _pad(rows: list[torch.Tensor], T: int) -> torch.Tensor:
     out = torch.zeros(len(rows), T)
     for i, r in enumerate(rows):
-        out[i, : r.numel()] = r
+        n = min(r.numel(), T)
+        out[i, :n] = r[:n]
     return out
+
+
+class _CountingHead:
+    """The policy's output layer as a callable that counts its calls (sparse mode must call it once per
+    micro-batch on every rank: a ZeRO-3 module call gathers its parameters collectively)."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        self.layer, self.calls = layer, 0
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.layer(h)

@@ -1,5 +1,12 @@
 """Pure tensor math for RL and distillation losses (torch only; no config, no distributed state)."""
 
+from sposd.ops.advantage_mods import (
+    ace_advantages,
+    cepo_token_advantages,
+    cepo_token_factors,
+    confidence_shift,
+    gopd_advantages,
+)
 from sposd.ops.advantages import group_advantages, ragged_group_advantages
 from sposd.ops.aggregation import AGG_MODES, aggregate
 from sposd.ops.divergence import (
@@ -12,15 +19,41 @@ from sposd.ops.divergence import (
     per_token_divergence,
     resolve_divergence,
     sampled_token_loss,
+    sg_topk_reverse_kl,
+    teacher_support_entropy,
 )
-from sposd.ops.logprobs import entropy_from_logits, token_logprobs
+from sposd.ops.logprobs import entropy_from_logits, linear_token_logprobs, token_logprobs
 from sposd.ops.overlap import lcs_length, overlap, reveal_count, reveal_ratio
 from sposd.ops.policy_loss import clipped_surrogate, kl_penalty_k3
 from sposd.ops.selection import prefix_length, prompt_weight, select_longest_wrong
 from sposd.ops.shaping import overlong_penalty
+from sposd.ops.token_selection import (
+    entropy_token_weights,
+    q3_mask,
+    q3_thresholds,
+    tip_num_kept,
+    tip_select,
+    tip_token_stats,
+    tip_weights,
+)
 from sposd.ops.types import LossOut
 
 __all__ = [
+    "ace_advantages",
+    "cepo_token_advantages",
+    "cepo_token_factors",
+    "confidence_shift",
+    "entropy_token_weights",
+    "gopd_advantages",
+    "linear_token_logprobs",
+    "q3_mask",
+    "q3_thresholds",
+    "sg_topk_reverse_kl",
+    "teacher_support_entropy",
+    "tip_num_kept",
+    "tip_select",
+    "tip_token_stats",
+    "tip_weights",
     "AGG_MODES",
     "DIVERGENCES",
     "SUPPORTS",

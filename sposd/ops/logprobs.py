@@ -91,3 +91,32 @@ def entropy_from_logits(logits_BTV: Tensor, *, temperature: float = 1.0, chunk_t
         lse_BN = torch.logsumexp(z_BNV, dim=-1)
         chunks.append(lse_BN - (torch.softmax(z_BNV, dim=-1) * z_BNV).sum(-1))
     return torch.cat(chunks, dim=1) if chunks else logits_BTV.new_zeros(B, 0, dtype=acc)
+
+
+@torch.no_grad()
+def linear_token_logprobs(
+    hidden_NH: Tensor,
+    weight_VH: Tensor,
+    tokens_N: Tensor,
+    *,
+    bias_V: Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_tokens: int = 1024,
+) -> Tensor:
+    """log softmax(h W^T + b)[y] / tau at N positions from final hidden states and the output layer, never holding
+    more than one [chunk_tokens, V] block of logits (no grad: teacher scoring, metrics).
+
+    Args:
+        hidden_NH: final hidden states at the positions predicting tokens_N.
+        weight_VH, bias_V: the output layer (lm_head) parameters.
+        tokens_N: token ids.
+        temperature: divides the logits.
+        chunk_tokens: positions per block.
+    Returns: logp_N in fp32 (fp64 for fp64 input).
+    """
+    acc = _acc_dtype(hidden_NH.dtype)
+    out = torch.empty(hidden_NH.shape[0], dtype=acc, device=hidden_NH.device)
+    for s in range(0, hidden_NH.shape[0], chunk_tokens):
+        z = torch.nn.functional.linear(hidden_NH[s : s + chunk_tokens], weight_VH, bias_V).to(acc) / temperature
+        out[s : s + chunk_tokens] = z.gather(-1, tokens_N[s : s + chunk_tokens, None])[:, 0] - z.logsumexp(-1)
+    return out

@@ -20,7 +20,7 @@ def _token_mean(x_BT: Tensor, mask_BT: Tensor, num_tokens: float) -> Tensor:
 def clipped_surrogate(
     logp_BT: Tensor,
     old_logp_BT: Tensor,
-    adv_B: Tensor,
+    adv: Tensor,
     mask_BT: Tensor,
     *,
     clip_low: float,
@@ -39,7 +39,8 @@ def clipped_surrogate(
     Args:
         logp_BT: current-policy log-probs (differentiated).
         old_logp_BT: behaviour-policy log-probs (treated as constants).
-        adv_B: per-sequence advantage, broadcast over tokens.
+        adv: per-sequence advantage [B] (broadcast over tokens) or per-token advantage [B, T] (CEPO, G-OPD),
+            treated as a constant.
         mask_BT: 1.0 where a token receives loss.
         clip_low, clip_high: PPO clip range [1 - clip_low, 1 + clip_high] (DAPO clip-higher: 0.2, 0.28).
         dual_clip_c: lower bound c > 1 on the loss of negative-advantage tokens (Ye et al. 2019), None = off.
@@ -49,20 +50,20 @@ def clipped_surrogate(
     """
     log_ratio_BT = (logp_BT - old_logp_BT.detach()).clamp(-20.0, 20.0)
     ratio_BT = torch.exp(log_ratio_BT)
-    adv_B1 = adv_B[:, None].to(ratio_BT.dtype)
-    unclipped_BT = -adv_B1 * ratio_BT
-    clipped_BT = -adv_B1 * ratio_BT.clamp(1.0 - clip_low, 1.0 + clip_high)
+    adv_BT = (adv[:, None] if adv.dim() == 1 else adv).detach().to(ratio_BT.dtype)  # [B, 1] broadcasts over T
+    unclipped_BT = -adv_BT * ratio_BT
+    clipped_BT = -adv_BT * ratio_BT.clamp(1.0 - clip_low, 1.0 + clip_high)
     clip_loss_BT = torch.maximum(unclipped_BT, clipped_BT)
     loss_BT = clip_loss_BT
     if dual_clip_c is not None:
-        loss_BT = torch.where(adv_B1 < 0, torch.minimum(clip_loss_BT, -adv_B1 * dual_clip_c), clip_loss_BT)
+        loss_BT = torch.where(adv_BT < 0, torch.minimum(clip_loss_BT, -adv_BT * dual_clip_c), clip_loss_BT)
     loss = aggregate(loss_BT, mask_BT, mode=agg, num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len)
     with torch.no_grad():
         metrics = {
             "loss/clip_frac": _token_mean(clipped_BT > unclipped_BT, mask_BT, num_tokens),
             "loss/dual_clip_frac": 0.0
             if dual_clip_c is None
-            else _token_mean((clip_loss_BT > -adv_B1 * dual_clip_c) & (adv_B1 < 0), mask_BT, num_tokens),
+            else _token_mean((clip_loss_BT > -adv_BT * dual_clip_c) & (adv_BT < 0), mask_BT, num_tokens),
             "actor/approx_kl": _token_mean(-log_ratio_BT, mask_BT, num_tokens),
             "actor/ratio_mean": _token_mean(ratio_BT, mask_BT, num_tokens),
         }

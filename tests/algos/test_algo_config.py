@@ -49,3 +49,42 @@ def test_unknown_loss_agg_lists_valid_modes():
 def test_variant_presets_validate():
     AlgoCfg(name="dapo", clip_high=0.28, loss_agg="token-mean", dynamic_sampling=True, overlong_buffer=8)
     AlgoCfg(name="dr_grpo", adv_std_norm=False, loss_agg="seq-mean-token-sum-norm", dual_clip_c=None)
+
+
+@pytest.mark.parametrize(
+    "distill, field",
+    [
+        ({"select": "tip", "tip_ratio": 0.0}, "tip_ratio"),
+        ({"select": "tip", "token_weight": "teacher_entropy"}, "token_weight"),
+        ({"select": "tip", "interp_gamma": 0.1}, "interp_gamma"),
+        ({"tip_region": "q4"}, "tip_region"),
+        ({"divergence": "sg_topk_rkl"}, "sg_topk_rkl"),  # needs support student_topk / teacher_topk
+        ({"support": "student_topk"}, "student_topk"),  # serves only sg_topk_rkl
+        ({"divergence_after": "sg_topk_rkl"}, "divergence_after"),
+        ({"divergence_switch_frac": 0.0}, "divergence_switch_frac"),
+        ({"token_weight_tau": 0.0}, "token_weight_tau"),
+        ({"prompt_weight_norm": "sum"}, "prompt_weight_norm"),
+        ({"exposure_window": 10, "exposure_update_every": 10}, "exposure_update_every"),
+        ({"exposure_progress": "reward"}, "exposure_progress"),
+        ({"wrapper": "chatml"}, "wrapper"),
+    ],
+)
+def test_new_distillation_slots_validate(distill, field):
+    from sposd.algos.config import DistillCfg
+
+    with pytest.raises(ValueError, match=field):
+        DistillCfg(**{"coef": 1.0, "context": "reference_solution", **distill})
+
+
+def test_shared_teacher_and_group_needs():
+    from sposd.algos.config import AdvModCfg, DistillCfg
+
+    with pytest.raises(ValueError, match="share one teacher"):
+        AlgoCfg(
+            distill=DistillCfg(coef=1.0, context="reference_solution", teacher="ema"),
+            adv_mod=AdvModCfg(kind="cepo"),
+        )
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        AlgoCfg(group_size=1, rl_coef=0.0, distill=DistillCfg(coef=1.0, context="successful_sibling"))
+    with pytest.raises(ValueError, match="cepo_eps"):
+        AdvModCfg(kind="cepo", cepo_eps=1.0)

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from sposd.algos import get_algo
-from sposd.algos.base import DistillBatch, Normalizer, PolicyBatch
+from sposd.algos.base import DistillBatch, Normalizer, PolicyBatch, TeacherContext
 from sposd.algos.config import AlgoCfg, DistillCfg
 from sposd.algos.distill import DistillTerm, distill_requests
 from sposd.algos.grpo import PolicyGradientTerm
+from sposd.ops.divergence import per_token_divergence, teacher_support_entropy
 from sposd.types import Completion, Prompt, RolloutGroup
 
 SSOPD = dict(
@@ -187,7 +188,13 @@ def test_term_without_distill_rows_is_a_connected_zero_with_the_same_metrics():
     mb = PolicyBatch(logp_BT=logp, old_logp_BT=logp.detach(), mask_BT=torch.ones(2, 3), adv_B=torch.zeros(2))
     out = DistillTerm(DistillCfg(**OPSD))(mb, Normalizer(1, 1, 1))
     assert out.loss.item() == 0 and out.loss.requires_grad
-    assert set(out.metrics) == {"loss/distill", "distill/tokens", "distill/div_sum", "distill/interp_tokens"}
+    assert set(out.metrics) == {
+        "loss/distill",
+        "distill/tokens",
+        "distill/positions",
+        "distill/div_sum",
+        "distill/interp_tokens",
+    }
 
 
 def test_teacher_never_gets_a_gradient_and_clip_cuts_it():
@@ -244,3 +251,221 @@ def test_paint_interpolation_moves_the_teacher_only_at_mismatch_positions():
     torch.testing.assert_close(teacher[0, 1], torch.tensor([4.5, 0.0, 0.0]))
     torch.testing.assert_close(teacher[0, [0, 2]], t_before[0, [0, 2]])
     assert float(out.metrics["distill/interp_tokens"]) == 1
+
+
+# ---- the rest of the family: contexts, routing, prompt-weight normalisation ---------------------------------
+SDPO = dict(
+    coef=1.0,
+    context="successful_sibling",
+    wrapper="sdpo_exact",
+    witness_thinking="strip",
+    select="all",
+    normalize="token_mean",
+)
+
+
+def test_sdpo_demonstration_is_the_first_other_successful_rollout_thinking_stripped():
+    g = _group([3, 4, 5, 6], [False, True, False, True])
+    for c, text in zip(g.completions, ["w0", "<think>a</think>R1", "w2", "R3"], strict=True):
+        c.text = text
+    reqs, stats = distill_requests([g], DistillCfg(**SDPO))
+    # sample 0 -> #1 (thinking stripped); #1 -> #3 (never itself); #2 -> #1; #3 -> #1
+    assert [r.privileged for r in reqs] == ["R1", "R3", "R1", "R1"]
+    assert all(r.context.kind == "wrap" for r in reqs) and stats["distill/targets"] == 4
+    # a lone correct sample has no demonstration; the wrong ones use it; an all-wrong group gets nothing
+    reqs, _ = distill_requests([_group([3, 4], [True, False]), _group([3, 4], [False, False])], DistillCfg(**SDPO))
+    assert [r is not None for r in reqs] == [False, True, False, False]
+
+
+def test_srpo_routes_failed_samples_with_a_sibling_to_distillation_only():
+    cfg = AlgoCfg(
+        name="srpo",
+        loss_agg="token-mean",
+        distill=DistillCfg(**{**SDPO, "select": "failed_only", "rl_on_distilled": False}),
+    )
+    algo = get_algo("srpo")(cfg)
+    mixed, all_wrong = _group([3, 4, 5], [True, False, False]), _group([3, 4], [False, False])
+    reqs = algo.distill_requests([mixed, all_wrong])
+    # correct #0 -> GRPO only (no teacher); wrong #1, #2 -> a teacher (the correct sibling); all-wrong -> none
+    assert [r is not None for r in reqs] == [False, True, True, False, False]
+    weights = [algo.rl_loss_weight(1.0, distilled=r is not None) for r in reqs]
+    assert weights == [1.0, 0.0, 0.0, 1.0, 1.0]  # failed samples without a sibling fall back to GRPO
+    keep = get_algo("srpo")(AlgoCfg(name="srpo", distill=DistillCfg(**{**SDPO, "select": "failed_only"})))
+    assert keep.rl_loss_weight(1.0, distilled=True) == 1.0  # the flag keeps their GRPO term too
+
+
+def test_reviser_concise_and_exposure_contexts():
+    g = _group([3, 4], [True, False])
+    g.completions[1].text = "attempt"
+    reqs, _ = distill_requests([g], DistillCfg(coef=1.0, context="reviser"))
+    assert reqs[1].context == TeacherContext("reviser", "attempt", verdict=False) and reqs[0].context.verdict is True
+    reqs, _ = distill_requests([g], DistillCfg(coef=1.0, context="concise_instruction"))
+    assert [r.context.kind for r in reqs] == ["concise", "concise"]
+    seen = []
+    cut = lambda ids, sol, rho=None: seen.append((sol, rho)) or sol[:1]  # noqa: E731
+    reqs, _ = distill_requests(
+        [g], DistillCfg(coef=1.0, context="exposure_prefix"), cut_reference=cut, exposure_ratio=0.3
+    )
+    assert seen == [("REF", 0.3)] * 2 and reqs[0].privileged == "R"
+    _, stats = distill_requests(
+        [_group([3], [False], solution=None)],
+        DistillCfg(coef=1.0, context="exposure_prefix"),
+        cut_reference=cut,
+        exposure_ratio=0.3,
+    )
+    assert stats["distill/missing_solution"] == 1
+
+
+def test_paced_prompt_weights_normalised_by_their_batch_mean():
+    # p = 1/4 -> w = p (1 - p) = 3/16; p = 1/2 -> 1/4; p = 0 and p = 1 -> 0 (no teacher)
+    cfg = DistillCfg(
+        coef=1.0,
+        context="reference_solution",
+        prompt_weight="beta",
+        prompt_weight_norm="batch_mean",
+        normalize="prompt_mean",
+    )
+    groups = [
+        _group([2, 2, 2, 2], [True, False, False, False]),
+        _group([2, 2], [True, False]),
+        _group([2, 2], [False, False]),
+        _group([2, 2], [True, True]),
+    ]
+    reqs, stats = distill_requests(groups, cfg)
+    assert [r is not None for r in reqs] == [True] * 6 + [False] * 4
+    # per token: w / (tokens of the prompt); units: w split over the prompt's targets (sum_x w L / sum_x w)
+    assert [r.weight for r in reqs[:4]] == pytest.approx([3 / 16 / 8] * 4)
+    assert [r.units for r in reqs[:4]] == pytest.approx([3 / 16 / 4] * 4)
+    assert [r.units for r in reqs[4:6]] == pytest.approx([1 / 8, 1 / 8])
+    assert stats["distill/prompt_weight_sum"] == pytest.approx(3 / 16 + 1 / 4)
+    # the loss: with every prompt's token-mean divergence L_x, sum_rows weight * sum_t D / sum units
+    #   = (3/16 L_1 + 1/4 L_2) / (3/16 + 1/4): the batch-mean-normalised weighted mean
+    units = sum(r.units for r in reqs if r is not None)
+    assert units == pytest.approx(3 / 16 + 1 / 4)
+
+
+def test_divergence_schedule_switches_at_half_of_training():
+    term = DistillTerm(DistillCfg(**{**OPSD, "divergence": "fkl", "divergence_after": "rkl"}))
+    stages = [(term.begin_step(s, 10)["distill/divergence_stage"], term.divergence) for s in (1, 5, 6, 10)]
+    assert stages == [(1.0, "fkl"), (1.0, "fkl"), (2.0, "rkl"), (2.0, "rkl")]
+
+
+def test_token_weights_multiply_the_per_token_divergence():
+    # fkl .25 ln2 at every position; token weights [2, 0, 1] -> (2 + 0 + 1) .25 ln2 / units 3
+    student, teacher = S3.repeat(1, 3, 1), T3.repeat(1, 3, 1)
+    mb = _batch(student, teacher, lengths=[3], weights=[1.0])
+    mb.distill.token_weight_DT = torch.tensor([[2.0, 0.0, 1.0]])
+    out = DistillTerm(DistillCfg(**{**OPSD, "divergence": "fkl"}))(mb, Normalizer(1, 1, 1, distill_units=3.0))
+    torch.testing.assert_close(out.loss, torch.tensor(0.25 * math.log(2)))
+
+
+def test_sg_topk_in_the_term():
+    # S = [.5, .3, .2], T = [.2, .3, .5], K = student top 2: L = .5 ln 2.5 ln .5 per position
+    student = torch.tensor([0.5, 0.3, 0.2]).log().repeat(1, 2, 1)
+    teacher = torch.tensor([0.2, 0.3, 0.5]).log().repeat(1, 2, 1)
+    cfg = DistillCfg(**{**OPSD, "divergence": "sg_topk_rkl", "support": "student_topk", "topk": 2})
+    out = DistillTerm(cfg)(_batch(student, teacher, lengths=[2], weights=[1.0]), Normalizer(1, 1, 1, 2.0))
+    torch.testing.assert_close(out.loss, torch.tensor(0.5 * math.log(2.5) * math.log(0.5)))
+    # the metric is the truncated reverse KL: .5 ln 2.5 per position
+    torch.testing.assert_close(out.metrics["distill/div_sum"], torch.tensor(2 * 0.5 * math.log(2.5)))
+
+
+# ---- TIP: selection over the batch, loss on the kept positions only -----------------------------------------
+TIP = dict(coef=1.0, context="reference_solution", select="tip", divergence="rkl", normalize="token_mean")
+
+
+def _tip_batch(D=2, T=6, V=9, seed=0, lengths=(6, 4)):
+    g = torch.Generator().manual_seed(seed)
+    student = torch.randn(D, T, V, generator=g, dtype=torch.float64)
+    teacher = torch.randn(D, T, V, generator=g, dtype=torch.float64)
+    return student, teacher, torch.tensor(lengths)
+
+
+def test_tip_token_weights_keep_floor_ratio_n_and_have_mean_one():
+    student, teacher, lengths = _tip_batch()
+    mb = _batch(student, teacher, lengths=lengths.tolist(), weights=[1.0, 1.0])
+    term = DistillTerm(DistillCfg(**{**TIP, "tip_ratio": 0.5}))
+    stats = term.token_stats(mb.distill)
+    assert [s.shape for s in stats] == [(6, 2), (4, 2)]
+    w = term.token_weights(stats, [stats])
+    flat = torch.cat(w)
+    # N = 10 positions, k = 5 kept, each weighted N / k = 2: mean 1 over the batch
+    assert int((flat > 0).sum()) == 5 and set(flat.tolist()) == {0.0, 2.0} and float(flat.mean()) == 1.0
+    # two "ranks": thresholds / counts over both; each rank draws its own floor(ratio n_r)
+    w2 = term.token_weights(stats[:1], [stats[:1], stats[1:]])
+    assert int((w2[0] > 0).sum()) == 3 and w2[0].max() == pytest.approx(10 / 5)  # k_all = 3 + 2
+    assert term.token_weights([], [[], stats]) == []  # a rank without distilled rows
+
+
+def test_tip_q3_region_draws_only_low_entropy_high_divergence_positions():
+    student, teacher, lengths = _tip_batch(seed=1)
+    mb = _batch(student, teacher, lengths=lengths.tolist(), weights=[1.0, 1.0])
+    term = DistillTerm(DistillCfg(**{**TIP, "tip_ratio": 1.0, "tip_region": "q3"}))
+    stats = term.token_stats(mb.distill)
+    flat = torch.cat(stats)
+    h_max, j_min = float(torch.quantile(flat[:, 0].double(), 0.5)), float(torch.quantile(flat[:, 1].double(), 0.8))
+    q3 = (flat[:, 0] < h_max) & (flat[:, 1] > j_min)
+    kept = torch.cat(term.token_weights(stats, [stats])) > 0
+    assert torch.equal(kept, q3) and 0 < int(q3.sum()) < flat.shape[0]
+
+
+def test_tip_loss_on_kept_positions_equals_the_masked_dense_loss_with_gradient_only_there():
+    student, teacher, lengths = _tip_batch(seed=2)
+    w_DT = torch.zeros(2, 6, dtype=torch.float64)
+    w_DT[0, [1, 4]] = 2.5
+    w_DT[1, [0]] = 2.5
+    s1 = student.clone().requires_grad_()
+    mb = _batch(s1, teacher, lengths=lengths.tolist(), weights=[1.0, 0.5])
+    mb.distill.token_weight_DT = w_DT
+    norm = Normalizer(1, 1, 1, distill_units=10.0)
+    out = DistillTerm(DistillCfg(**TIP))(mb, norm)
+    # reference: the dense per-token reverse KL, weighted by row weight x token weight, / units
+    s2 = student.clone().requires_grad_()
+    D_BT = per_token_divergence(s2, teacher, kind="rkl")
+    ref = (D_BT * w_DT * torch.tensor([[1.0], [0.5]], dtype=torch.float64)).sum() / 10.0
+    torch.testing.assert_close(out.loss, ref.float())
+    assert float(out.metrics["distill/tokens"]) == 3 and float(out.metrics["distill/positions"]) == 10
+    out.loss.backward()
+    ref.backward()
+    torch.testing.assert_close(s1.grad, s2.grad)
+    kept = w_DT > 0
+    assert s1.grad[~kept].abs().max() == 0 and s1.grad[kept].abs().min() > 0
+
+
+def test_tip_sparse_form_hidden_states_and_head_equals_dense_logits():
+    # the learner's sparse form: logits = head(hidden) at the kept positions only; same loss, same gradient
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(2, 6, 5, generator=g, dtype=torch.float64)
+    head = torch.nn.Linear(5, 9, bias=False).double()
+    teacher = torch.randn(2, 6, 9, generator=g, dtype=torch.float64)
+    w_DT = torch.zeros(2, 6, dtype=torch.float64)
+    w_DT[0, [0, 5]] = 1.0
+    w_DT[1, 2] = 1.0
+    norm = Normalizer(1, 1, 1, distill_units=3.0)
+    term = DistillTerm(DistillCfg(**TIP))
+    dense = _batch(head(hidden), teacher, lengths=[6, 4], weights=[1.0, 1.0])
+    dense.distill.token_weight_DT = w_DT
+    (gd,) = torch.autograd.grad(term(dense, norm).loss, head.weight)
+    sparse = _batch(torch.zeros(2, 6, 9), teacher, lengths=[6, 4], weights=[1.0, 1.0])
+    db = sparse.distill
+    db.student_logits_DTV, db.student_hidden_DTH, db.student_head, db.token_weight_DT = None, hidden, head, w_DT
+    out = term(sparse, norm)
+    (gs,) = torch.autograd.grad(out.loss, head.weight)
+    torch.testing.assert_close(gs, gd)
+
+
+def test_teacher_entropy_weights_are_normalised_over_every_rank():
+    cfg = DistillCfg(**{**SDPO, "token_weight": "teacher_entropy", "support": "student_topk_tail", "topk": 3})
+    term = DistillTerm(cfg)
+    assert term.needs_token_prepass and not term.sparse
+    student, teacher, lengths = _tip_batch(seed=4)
+    stats = term.token_stats(_batch(student, teacher, lengths=lengths.tolist(), weights=[1.0, 1.0]).distill)
+    H = teacher_support_entropy(student, teacher, support="student_topk_tail", topk=3, lengths_B=lengths)
+    torch.testing.assert_close(stats[0][:, 0], H[0].float())
+    torch.testing.assert_close(stats[1][:, 0], H[1, :4].float())
+    other = [torch.zeros(5, 1)]  # another rank's tokens with H = 0 (weight exp(0) = 1)
+    w = term.token_weights(stats, [stats, other])
+    raw = torch.exp(-torch.cat(stats)[:, 0])
+    mean = float(torch.cat([raw, torch.ones(5)]).mean())
+    torch.testing.assert_close(torch.cat(w), raw / mean)
+    assert float(torch.cat([torch.cat(w), torch.ones(5) / mean]).mean()) == pytest.approx(1.0)

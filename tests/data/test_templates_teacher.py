@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sposd.data.templates import (
+    CONCISE_TEMPLATE,
     HIDDEN_MARKER,
     MATH_INSTRUCTION,
     TOY_INSTRUCTION,
@@ -46,6 +47,53 @@ def test_sdpo_wrapper():
     assert build_teacher_message("P", "S", wrapper="sdpo", instruction="") == (
         "P\nCorrect solution:\n\nS\n\nCorrectly solve the original question."
     )
+
+
+def test_sdpo_exact_wrapper_is_sdpo_reprompt_around_the_student_message():
+    # SDPO: reprompt = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question.", solution =
+    # "\nCorrect solution:\n\n{successful_previous_attempt}", {prompt} = the student's user message, no feedback
+    assert build_teacher_message("12+7", "S", wrapper="sdpo_exact", instruction=TOY_INSTRUCTION) == (
+        "Problem: 12+7\n\nPut the final answer in \\boxed{}.\nCorrect solution:\n\nS\n\n"
+        "Correctly solve the original question."
+    )
+
+
+def test_reviser_and_concise_messages():
+    from sposd.data.templates import build_concise_message, build_reviser_message
+
+    assert build_reviser_message("P", "A", correct=True) == (
+        "P\n\nHere is a previous attempt:\nA\n\nThe final answer of this attempt is correct. "
+        "Write an improved, correct solution."
+    )
+    assert "is incorrect." in build_reviser_message("P", "A", correct=False)
+    msg = build_concise_message("Compute 1+1.")
+    assert msg.startswith("Solve the following math problem concisely and correctly. Be direct \u2014 avoid")
+    assert msg.endswith('\n\nCompute 1+1.\n\nRemember to put your answer on its own line after "Answer:".')
+    assert msg == CONCISE_TEMPLATE.format(question="Compute 1+1.")
+
+
+def test_render_context_kinds(tok):
+    from sposd.algos.base import TeacherContext
+    from sposd.data.teacher import TeacherPrompts
+    from sposd.types import Prompt
+
+    tp = TeacherPrompts(tok, instruction=TOY_INSTRUCTION, enable_thinking=False, wrapper="sdpo_exact", max_len=768)
+    prompt = Prompt(id="p", problem="Compute 2+2.", prompt_ids=[1, 2, 3], answer="4")
+    # CEPO's splice: the student's prompt ids (assistant header included), then the tokens of " 4"
+    assert tp.render_context(prompt, TeacherContext("splice", " 4")) == [1, 2, 3, *tok.encode(" 4")]
+    wrap = tp.render_context(prompt, TeacherContext("wrap", "W"))
+    assert wrap == render_prompt_ids(
+        tok,
+        build_teacher_message("Compute 2+2.", "W", wrapper="sdpo_exact", instruction=TOY_INSTRUCTION),
+        enable_thinking=False,
+    )
+    rev = tok.decode(tp.render_context(prompt, TeacherContext("reviser", "att", verdict=False)))
+    assert "Here is a previous attempt:\natt" in rev and "is incorrect." in rev
+    assert tp.render_context(prompt, TeacherContext("concise", "")) is not None
+    short = TeacherPrompts(tok, instruction=TOY_INSTRUCTION, enable_thinking=False, max_len=10)
+    assert short.render_context(prompt, TeacherContext("concise", "")) is None  # longer than max_len: refused
+    # ATESD's exposure: the first ceil(rho n) reference tokens, recorded as the reveal ratio
+    assert tp.cut_reference([5], "ABCDEFGHIJ", 0.3) == "ABC" and tp.last_rho == [0.3]
 
 
 def test_unknown_wrapper():

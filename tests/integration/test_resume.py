@@ -105,8 +105,11 @@ def _assert_checkpoints_sound(run_dir: Path) -> list[str]:
 
 
 def test_signal_checkpoints_requeues_and_the_resumed_run_is_exact(tiny_model_dir, tmp_path):
-    # An EMA teacher (OPSD) so the resumed state includes a teacher besides the optimizer and the schedule.
-    algo = ["algo=opsd", "algo.distill.teacher=ema", "algo.distill.ema_rate=0.5", "num_steps=4"]
+    # ATESD with an EMA teacher, so the resumed state includes a teacher and the exposure controller (its Beta
+    # policy, Adam state, features and pending decisions: one window per step, an update every 2) besides the
+    # optimizer and the schedule.
+    algo = ["algo=atesd", "algo.distill.teacher=ema", "algo.distill.ema_rate=0.5", "num_steps=4"]
+    algo += ["algo.distill.exposure_window=1", "algo.distill.exposure_update_every=2"]
     straight = tmp_path / "straight"
     _finish(_cmd(straight, tiny_model_dir, *algo, "train.checkpoint.every=0"))
 

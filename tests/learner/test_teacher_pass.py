@@ -130,3 +130,89 @@ def test_checkpoint_restores_optimizer_schedule_and_ema_teacher_exactly(tiny_mod
     sd = exported.state_dict()
     for n, t in theta_1.items():
         torch.testing.assert_close(sd[n], t, atol=0, rtol=0)
+
+
+def _family_learner(path, algo_cfg, lr=1e-2):
+    from sposd.algos import get_algo
+    from sposd.learner.engine import DeepSpeedLearner
+
+    return DeepSpeedLearner(
+        str(path),
+        algo=get_algo(algo_cfg.name)(algo_cfg),
+        optim=type("Optim", (_Optim,), {"lr": lr}),
+        total_steps=10,
+        device="cpu",
+        dtype="float32",
+        zero_stage=3,
+        micro_batch_tokens=4096,
+        pad_id=0,
+    )
+
+
+def test_tip_sparse_path_at_full_retention_equals_the_dense_path(tiny_model_dir):
+    # TIP without an RL term never builds dense student logits: hidden states + the output layer at the kept
+    # positions, under ZeRO-3. Keeping every position must give the dense OPSD(rkl) loss and the same update.
+    import gc
+
+    from sposd.algos.config import AlgoCfg, DistillCfg
+
+    base = dict(coef=1.0, context="reference_solution", normalize="token_mean", teacher="current", divergence="rkl")
+    dense_cfg = AlgoCfg(name="opsd", group_size=1, rl_coef=0.0, dual_clip_c=None, distill=DistillCfg(**base))
+    tip_cfg = AlgoCfg(
+        name="tip",
+        group_size=1,
+        rl_coef=0.0,
+        dual_clip_c=None,
+        distill=DistillCfg(**base, select="tip", tip_ratio=1.0),
+    )
+    results = []
+    for cfg in (dense_cfg, tip_cfg):
+        learner = _family_learner(tiny_model_dir, cfg)
+        assert learner.sparse == (cfg.name == "tip")
+        m = learner.train_step(_samples(), max_len=8)
+        results.append((m, _gathered(learner.module)))
+        del learner
+        gc.collect()
+    (m_dense, p_dense), (m_tip, p_tip) = results
+    assert m_tip["distill/tokens"] == m_dense["distill/tokens"] == sum(len(c) for *_, c in ROWS)
+    assert m_tip["loss/distill"] == pytest.approx(m_dense["loss/distill"], rel=1e-5)
+    assert m_tip["actor/rollout_logp_abs_diff"] == pytest.approx(m_dense["actor/rollout_logp_abs_diff"], abs=1e-6)
+    for n in p_dense:
+        torch.testing.assert_close(p_tip[n], p_dense[n], atol=1e-6, rtol=1e-5)
+
+
+def test_tip_keeps_half_the_positions_on_the_learner(tiny_model_dir):
+    from sposd.algos.config import AlgoCfg, DistillCfg
+
+    cfg = AlgoCfg(
+        name="tip",
+        group_size=1,
+        rl_coef=0.0,
+        dual_clip_c=None,
+        distill=DistillCfg(coef=1.0, context="reference_solution", select="tip", tip_ratio=0.5, divergence="rkl"),
+    )
+    learner = _family_learner(tiny_model_dir, cfg)
+    m = learner.train_step(_samples(), max_len=8)
+    n = sum(len(c) for *_, c in ROWS)  # 12 positions over the batch -> 6 kept
+    assert (m["distill/positions"], m["distill/tokens"]) == (n, n // 2)
+
+
+def test_scoring_passes_equal_the_dense_teacher_log_probs(tiny_model_dir):
+    # CEPO's teacher passes run on hidden states with the output layer applied in blocks: the same log-probs as a
+    # dense forward of [context | completion]
+    from sposd.algos.config import AdvModCfg, AlgoCfg
+    from sposd.learner.batching import collate
+
+    learner = _family_learner(tiny_model_dir, AlgoCfg(name="cepo", adv_mod=AdvModCfg(kind="cepo")))
+    samples = [LearnerSample(p, c, 1.0, score_prompt_ids=[t, p + [70, 71]]) for p, t, c in ROWS]
+    T = max(len(c) for *_, c in ROWS)
+    got = learner._score_logps(samples, T)
+    assert got.shape == (2, 3, T)
+    for k in range(2):
+        mb = collate([LearnerSample(s.score_prompt_ids[k], s.completion_ids, 0.0) for s in samples], pad_id=0)
+        with torch.no_grad():
+            ref = learner._logp(learner.engine, mb)
+        for r, (*_, c) in enumerate(ROWS):
+            torch.testing.assert_close(got[k, r, : len(c)], ref[r, : len(c)], atol=1e-5, rtol=1e-5)
+    m = learner.train_step(samples, max_len=8)
+    assert "adv_mod/factor_mean" in m and m["loss/pg"] == m["loss/pg"]  # finite

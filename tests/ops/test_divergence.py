@@ -16,6 +16,8 @@ from sposd.ops.divergence import (
     per_token_divergence,
     resolve_divergence,
     sampled_token_loss,
+    sg_topk_reverse_kl,
+    teacher_support_entropy,
 )
 
 LN2 = math.log(2)
@@ -268,3 +270,102 @@ def test_parity_with_the_public_generalized_jsd_formula(beta):
     (g_ref,) = torch.autograd.grad(ref.sum(), s)
     (g_ours,) = torch.autograd.grad(ours.sum(), s)
     torch.testing.assert_close(g_ours, g_ref, atol=1e-6, rtol=1e-5)
+
+
+# ---- stop-gradient top-k reverse KL (Many Faces fix) ---------------------------------------------------------
+def test_sg_topk_hand_computed():
+    # S = [.5, .3, .2], T = [.2, .3, .5]; K = the student's top 2 = {0, 1}
+    # c_0 = .5 ln(.5 / .2) = .5 ln 2.5, c_1 = .3 ln 1 = 0
+    # L = c_0 ln .5 + c_1 ln .3; truncated KL = c_0 + c_1
+    s = torch.tensor([0.5, 0.3, 0.2]).log().view(1, 1, 3).requires_grad_()
+    t = torch.tensor([0.2, 0.3, 0.5]).log().view(1, 1, 3)
+    loss, kl = sg_topk_reverse_kl(s, t, topk=2)
+    c0 = 0.5 * math.log(2.5)
+    torch.testing.assert_close(loss, torch.tensor([[c0 * math.log(0.5)]]))
+    torch.testing.assert_close(kl, torch.tensor([[c0]]))
+    loss.sum().backward()
+    # dL/dz_u = sum_{v in K} c_v (1[u = v] - S_u) = c_u 1[u in K] - S_u (c_0 + c_1) = [.5 c0, -.3 c0, -.2 c0]
+    torch.testing.assert_close(s.grad[0, 0], c0 * torch.tensor([0.5, -0.3, -0.2]))
+    # the teacher's top 2 = {2, 1}: c_2 = .2 ln(.2 / .5) = .2 ln .4, L = c_2 ln .2 + 0
+    loss_t, kl_t = sg_topk_reverse_kl(s.detach(), t, topk=2, index_from="teacher")
+    torch.testing.assert_close(loss_t, torch.tensor([[0.2 * math.log(0.4) * math.log(0.2)]]))
+    torch.testing.assert_close(kl_t, torch.tensor([[0.2 * math.log(0.4)]]))
+
+
+def _naive_sg_topk(s, t, k, tau, from_teacher=False):
+    """The public-formula objective with plain autograd: sum_{v in K} sg(S (log S - log T)) log S."""
+    ls, lt = torch.log_softmax(s / tau, -1), torch.log_softmax(t / tau, -1)
+    idx = (t if from_teacher else s.detach()).topk(k, -1).indices
+    ls_k, lt_k = ls.gather(-1, idx), lt.gather(-1, idx)
+    coef = (ls_k.exp() * (ls_k - lt_k)).detach()
+    return (coef * ls_k).sum(-1)
+
+
+@pytest.mark.parametrize("from_teacher", [False, True])
+def test_sg_topk_parity_with_autograd_of_the_formula(from_teacher):
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(2, 5, 13, generator=g, dtype=torch.float64)
+    t = torch.randn(2, 5, 13, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([5, 3])
+    s1, s2 = s.clone().requires_grad_(), s.clone().requires_grad_()
+    ours, _ = sg_topk_reverse_kl(
+        s1,
+        t,
+        topk=4,
+        index_from="teacher" if from_teacher else "student",
+        temperature=1.3,
+        lengths_B=lengths,
+        chunk_tokens=2,
+    )
+    ref = _naive_sg_topk(s2, t, 4, 1.3, from_teacher) * (torch.arange(5)[None] < lengths[:, None])
+    torch.testing.assert_close(ours, ref)
+    w = torch.randn(2, 5, generator=g, dtype=torch.float64)
+    (ours * w).sum().backward()
+    (ref * w).sum().backward()
+    torch.testing.assert_close(s1.grad, s2.grad)
+    assert s1.grad[1, 3:].abs().max() == 0  # beyond the row's length
+
+
+def test_sg_topk_over_the_whole_vocabulary_has_the_reverse_kl_gradient():
+    # With K = V the objective's gradient is sum_v S (log S - log T) grad log S, which is the exact reverse-KL
+    # gradient (the dropped term sum_v S grad log S = grad sum_v S = 0). (gradcheck does not apply: the objective is
+    # a surrogate whose coefficients are deliberately not differentiated.)
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(1, 4, 9, generator=g, dtype=torch.float64)
+    t = torch.randn(1, 4, 9, generator=g, dtype=torch.float64)
+    a, b = s.clone().requires_grad_(), s.clone().requires_grad_()
+    sg_topk_reverse_kl(a, t, topk=9)[0].sum().backward()
+    per_token_divergence(b, t, kind="rkl").sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    # a truncated K drops exactly the mass-pushing term: grad = full-KL-gradient restricted to K, not the gradient
+    # of the truncated KL (which would add sum_{v in K} S grad log S = grad S(K))
+    c = s.clone().requires_grad_()
+    sg_topk_reverse_kl(c, t, topk=3)[0].sum().backward()
+    d = s.clone().requires_grad_()
+    ls, lt = torch.log_softmax(d, -1), torch.log_softmax(t, -1)
+    idx = s.topk(3, -1).indices
+    trunc_kl = (ls.gather(-1, idx).exp() * (ls.gather(-1, idx) - lt.gather(-1, idx))).sum()
+    mass = ls.gather(-1, idx).exp().sum()
+    (g_kl,) = torch.autograd.grad(trunc_kl, d, retain_graph=True)
+    (g_mass,) = torch.autograd.grad(mass, d)
+    torch.testing.assert_close(c.grad, g_kl - g_mass)
+
+
+@pytest.mark.parametrize("support", ["full", "teacher_topk", "student_topk_tail"])
+def test_teacher_support_entropy_matches_its_definition(support):
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(2, 3, 10, generator=g), torch.randn(2, 3, 10, generator=g)
+    H = teacher_support_entropy(s, t, support=support, topk=4, temperature=0.7, lengths_B=torch.tensor([3, 2]))
+    lt = torch.log_softmax(t / 0.7, -1)
+    if support == "full":
+        lp = lt
+    elif support == "teacher_topk":
+        lp = torch.log_softmax(t.gather(-1, t.topk(4, -1).indices) / 0.7, -1)
+    else:  # SDPO's tail bucket: [T at the student's top 4, 1 - their mass]
+        top = lt.gather(-1, s.topk(4, -1).indices)
+        lp = torch.cat([top, torch.log1p(-top.exp().sum(-1, keepdim=True))], -1)
+    ref = -(lp.exp() * lp).sum(-1)
+    ref[1, 2] = 0.0  # beyond row 1's length
+    torch.testing.assert_close(H, ref, atol=1e-5, rtol=1e-5)
+    # uniform teacher over V = 10: full entropy ln 10
+    assert float(teacher_support_entropy(s[:1, :1], torch.zeros(1, 1, 10))[0, 0]) == pytest.approx(math.log(10))

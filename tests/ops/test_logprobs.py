@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from sposd.ops.logprobs import entropy_from_logits, token_logprobs
+from sposd.ops.logprobs import entropy_from_logits, linear_token_logprobs, token_logprobs
 
 
 def _reference_logp(logits_BTV, tokens_BT, temperature):
@@ -66,3 +66,13 @@ def test_entropy_uniform_and_parity():
     torch.testing.assert_close(
         entropy_from_logits(logits, temperature=0.8, chunk_tokens=3), -(logp.exp() * logp).sum(-1)
     )
+
+
+def test_linear_token_logprobs_equals_the_dense_path():
+    # logits = h W^T + b computed in blocks of 3 positions: the same log-probs as a dense [N, V] logits tensor
+    torch.manual_seed(4)
+    h, W, b = torch.randn(7, 5), torch.randn(11, 5), torch.randn(11)
+    tokens = torch.randint(0, 11, (7,))
+    ours = linear_token_logprobs(h, W, tokens, bias_V=b, temperature=0.9, chunk_tokens=3)
+    dense = torch.log_softmax((h @ W.T + b) / 0.9, -1).gather(-1, tokens[:, None])[:, 0]
+    torch.testing.assert_close(ours, dense)
