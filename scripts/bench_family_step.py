@@ -42,8 +42,9 @@ def main() -> None:
 
     from sposd import dist as sdist
     from sposd.config import register_configs, register_resolvers, to_object
+    from sposd.models.paths import resolve_model_path
     from sposd.rollout.vllm_engine import VLLMEngine
-    from sposd.train import resolve_model_path, train
+    from sposd.train import train
 
     register_resolvers()
     register_configs()
@@ -58,7 +59,7 @@ def main() -> None:
     sdist.init_distributed("cpu")
     base = cfg_of("grpo")
     engine = VLLMEngine(
-        resolve_model_path(base, rank=0),
+        resolve_model_path(base.model, data=base.data, cache_dir=base.cache_dir),
         dtype=base.model.dtype,
         max_model_len=base.model.max_prompt_len + base.model.max_new_tokens,
         seed=0,

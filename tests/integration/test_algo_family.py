@@ -89,12 +89,13 @@ def _check(name: str, rows: list[dict]) -> None:
 
 def test_every_method_runs_two_steps_in_one_process(tmp_path):
     from sposd import dist as sdist
+    from sposd.models.paths import resolve_model_path
     from sposd.rollout.vllm_engine import VLLMEngine
-    from sposd.train import resolve_model_path, train
+    from sposd.train import train
 
     sdist.init_distributed("cpu")  # as train() does first: vLLM then joins this world instead of making its own
     base = _cfg("sdpo")
-    model_path = resolve_model_path(base, rank=0)
+    model_path = resolve_model_path(base.model, data=base.data, cache_dir=base.cache_dir)
     engine = VLLMEngine(
         model_path,
         dtype=base.model.dtype,
