@@ -1,4 +1,5 @@
-"""Two steps of every method of the self-distillation family on the real stack, in ONE process.
+"""Two steps of every self-distillation method (SSOPD, OPSD, PAINT and the rest of the family) on the real stack,
+in ONE process.
 
 Each method is a fresh `train()` run (its own DeepSpeed ZeRO-3 learner, teacher copies, verifier pool) on the
 warm-started embedded model, but all runs share one in-process vLLM engine: each run first pushes its learner's
@@ -22,6 +23,9 @@ COMMON = ["hardware=cpu", "num_steps=2", "heldout_eval=false", "save_final=false
 G1 = ["prompts_per_step=8"]  # single-rollout methods: 8 prompts x 1
 G8 = ["prompts_per_step=2", "algo.group_size=8"]  # group methods: 2 prompts x 8
 METHODS = {
+    "ssopd": ["prompts_per_step=8", "algo.group_size=8"],  # 8 groups: some are mixed
+    "opsd": G1,
+    "paint": G1,
     "sdpo": G8,
     "srpo": G8,
     "cepo": G8,
@@ -56,6 +60,16 @@ def _check(name: str, rows: list[dict]) -> None:
     assert all(r["actor/rollout_logp_abs_diff"] < 1e-4 for r in rows), f"{name}: vLLM sampled from stale weights"
     assert all("response/len_reduction" in r for r in rows)
     distills = name not in ("cepo", "ace", "gopd")
+    if name in ("ssopd", "opsd", "paint"):  # JSD / KL: non-negative (the stop-gradient top-k surrogate is not)
+        assert all(r["loss/distill"] >= 0 for r in rows), name
+    if name == "ssopd":
+        assert all(r["distill/targets"] == r["distill/groups"] for r in rows)  # one wrong completion per group
+        assert "loss/pg" in rows[0]
+    if name in ("opsd", "paint"):
+        assert all(r["distill/targets"] == 8 for r in rows) and "loss/pg" not in rows[0]
+    if name == "paint":
+        assert all(0.25 <= r["distill/reveal_ratio"] <= 1 for r in rows)
+        assert all(r["distill/interp_tokens"] > 0 for r in rows)
     if distills:
         assert sum(r["distill/targets"] for r in rows) > 0, f"{name}: no completion got a teacher"
         assert sum(r["distill/tokens"] for r in rows) > 0, name

@@ -96,17 +96,6 @@ def test_one_rank_writes_the_run_contract(tiny_model_dir, tmp_path):
         engine.close()
 
 
-def test_two_cpu_ranks(tiny_model_dir, tmp_path):
-    run = tmp_path / "run2"
-    _train(run, f"model.path={tiny_model_dir}", "hardware=cpu2", "save_final=false", *EVAL)
-    rows = _metrics(run)
-    assert [r["step"] for r in rows] == [1, 2]  # logged once (rank 0), not once per rank
-    # each rank generated its 2 prompts x 4; the metrics are global sums over both ranks
-    assert rows[0]["groups/generated"] == 4
-    assert all(r["actor/rollout_logp_abs_diff"] < 1e-4 for r in rows)
-    _check_eval(run)  # each rank evaluated 2 of the 4 problems; rank 0 gathered all 8 samples
-
-
 def test_dapo_dynamic_sampling_runs_with_no_mixed_groups(tiny_model_dir, tmp_path):
     # A random model answers nothing right: every group is all-wrong, dynamic sampling keeps none and
     # refills up to max_gen_batches; the learner must cope with an empty batch.
@@ -119,40 +108,13 @@ def test_dapo_dynamic_sampling_runs_with_no_mixed_groups(tiny_model_dir, tmp_pat
     assert [r["groups/generated"] for r in rows] == [8, 8]
 
 
-# ---- self-distillation on the real stack ------------------------------------------------------------------
-# The warm-started embedded model (cached under ~/.cache/sposd, built once: about 2.5 min on 2 cores) answers
-# the toy task about a third of the time, so SSOPD sees mixed groups; OPSD and PAINT need no mixed group.
-@pytest.mark.parametrize(
-    "algo,extra",
-    [
-        ("ssopd", ["algo.group_size=8", "prompts_per_step=8"]),
-        ("opsd", ["algo.group_size=1", "prompts_per_step=8"]),
-        ("paint", ["algo.group_size=1", "prompts_per_step=8"]),
-    ],
-)
-def test_distillation_algorithms_run_two_steps(algo, extra, tmp_path):
-    run = tmp_path / algo
-    _train(run, "hardware=cpu", f"algo={algo}", "save_final=false", "model.max_new_tokens=48", *extra, timeout=600)
-    rows = _metrics(run)
-    assert [r["step"] for r in rows] == [1, 2]
-    assert all(r["actor/rollout_logp_abs_diff"] < 1e-4 for r in rows), "vLLM sampled from stale weights"
-    assert sum(r["distill/targets"] for r in rows) > 0, "no completion got a teacher"
-    assert sum(r["distill/tokens"] for r in rows) > 0 and all(r["loss/distill"] >= 0 for r in rows)
-    assert all(r["distill/skipped_too_long"] == 0 for r in rows)
-    assert rows[0]["time/teacher_fwd_s"] > 0
-    if algo == "ssopd":
-        assert all(r["distill/targets"] == r["distill/groups"] for r in rows)  # one wrong completion per group
-        assert "loss/pg" in rows[0]
-    else:
-        assert all(r["distill/targets"] == 8 for r in rows) and "loss/pg" not in rows[0]
-    if algo == "paint":
-        assert all(0.25 <= r["distill/reveal_ratio"] <= 1 for r in rows)
-        assert all(r["distill/interp_tokens"] > 0 for r in rows)
-
-
-def test_ssopd_on_two_cpu_ranks_keeps_teacher_passes_in_step(tmp_path):
-    # Each rank finds its own mixed groups, so one rank may need a teacher pass in a micro-batch where the
-    # other has none: that rank must run a matching dummy pass or ZeRO-3's parameter gathers deadlock.
+# ---- two ranks, self-distillation on the real stack -------------------------------------------------------
+# SSOPD, OPSD and PAINT on one rank run in tests/integration/test_algo_family.py (one process, one vLLM engine).
+def test_two_cpu_ranks_ssopd_keeps_teacher_passes_in_step(tmp_path):
+    # `hardware=cpu2`: two gloo ranks through the torchrun re-launch, ZeRO-3 across them, one vLLM engine each.
+    # Each rank finds its own mixed groups (the warm-started embedded model answers about a third right), so one
+    # rank may need a teacher pass in a micro-batch where the other has none: that rank must run a matching dummy
+    # pass or ZeRO-3's parameter gathers deadlock.
     run = tmp_path / "ssopd2"
     _train(
         run,
@@ -163,9 +125,13 @@ def test_ssopd_on_two_cpu_ranks_keeps_teacher_passes_in_step(tmp_path):
         "save_final=false",
         "model.max_new_tokens=48",
         "hardware.micro_batch_tokens=1024",
+        *EVAL,
         timeout=600,
     )
     rows = _metrics(run)
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [1, 2]  # logged once (rank 0), not once per rank
+    # each rank generated its 4 prompts x 8; the metrics are global sums over both ranks
+    assert rows[0]["groups/generated"] == 8
     assert sum(r["distill/targets"] for r in rows) > 0
     assert all(r["actor/rollout_logp_abs_diff"] < 1e-4 for r in rows)
+    _check_eval(run)  # each rank evaluated 2 of the 4 problems; rank 0 gathered all 8 samples
