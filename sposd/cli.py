@@ -307,7 +307,11 @@ def main(argv: list[str] | None = None) -> None:
     if cmd not in COMMANDS:
         _die(f"unknown command {cmd!r}; choose from {sorted(COMMANDS)}")
     sys.argv = [f"sposd {cmd}", *rest]
-    COMMANDS[cmd]()
+    try:
+        COMMANDS[cmd]()
+    except BrokenPipeError:  # `sposd report DIR | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
 
 
 if __name__ == "__main__":

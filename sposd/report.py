@@ -4,7 +4,8 @@ A run is any directory below the given one that holds `metrics.jsonl` and `confi
 contract). Runs whose resolved configs differ only in `seed` form one sweep point; the point's label lists the
 config values that differ between points (e.g. `algo.name=ssopd, optim.lr=0.0001`). For each point the report
 gives, over its seeds, mean ± sample std of each metric's final value (its last logged step) and best value
-(its maximum over steps; the minimum for losses), the steps reached, and writes next to the runs:
+(its maximum over steps; the minimum for losses), the held-out accuracy before and after training (from
+summary.json), the steps reached, and writes next to the runs:
 
     report.md      the table (also printed)
     report.json    the same numbers, machine-readable
@@ -28,6 +29,8 @@ BASE_METRICS = [
     ("loss/total", "min"),
     ("response/mean_len", "min"),
 ]
+# held-out accuracy before and after training, from each run's summary.json (one value per run: no "best")
+SUMMARY_METRICS = [("heldout/base_accuracy", "base_accuracy"), ("heldout/trained_accuracy", "trained_accuracy")]
 PLOTTED = ("reward/mean", "loss/total")  # plus every eval/ metric
 IGNORED_KEYS = {"seed", "run_dir"}  # differ between runs of one point
 
@@ -141,7 +144,9 @@ def _mean_std(xs: list[float]) -> tuple[float, float | None]:
 
 def summarize(points: dict[str, list[Run]]) -> dict:
     """Per point: seeds, steps reached, and for each metric the final and best value over seeds."""
-    metrics = _metric_names([r for rs in points.values() for r in rs])
+    every = [r for rs in points.values() for r in rs]
+    metrics = _metric_names(every)
+    from_summary = [(m, key) for m, key in SUMMARY_METRICS if any(key in r.summary for r in every)]
     out: dict = {}
     for label, runs in points.items():
         entry: dict = {
@@ -168,8 +173,13 @@ def summarize(points: dict[str, list[Run]]) -> dict:
                     "better": better,
                     "n": len(finals),
                 }
+        for metric, key in from_summary:
+            values = [float(r.summary[key]) for r in runs if isinstance(r.summary.get(key), (int, float))]
+            if values:
+                fm, fs = _mean_std(values)
+                entry["metrics"][metric] = {"final_mean": fm, "final_std": fs, "n": len(values)}
         out[label] = entry
-    return {"points": out, "metrics": [m for m, _ in metrics]}
+    return {"points": out, "metrics": [m for m, _ in from_summary] + [m for m, _ in metrics]}
 
 
 def _fmt(mean: float, std: float | None) -> str:
@@ -180,23 +190,27 @@ def markdown(summary: dict) -> str:
     """One row per sweep point: seeds, steps, then final | best of each metric (mean ± std over seeds)."""
     metrics = summary["metrics"]
     head = ["sweep point", "seeds", "steps"]
+    single = {m for m, _ in SUMMARY_METRICS}  # one value per run: a single column
     for m in metrics:
-        head += [f"{m} final", f"{m} best"]
+        head += [m] if m in single else [f"{m} final", f"{m} best"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, e in summary["points"].items():
         cells = [label, str(len(e["seeds"])), "/".join(str(s) for s in sorted(set(e["steps"])))]
         for m in metrics:
             v = e["metrics"].get(m)
-            cells += (
-                ["–", "–"]
-                if v is None
-                else [_fmt(v["final_mean"], v["final_std"]), _fmt(v["best_mean"], v["best_std"])]
-            )
+            if m in single:
+                cells.append("–" if v is None else _fmt(v["final_mean"], v["final_std"]))
+            else:
+                cells += (
+                    ["–", "–"]
+                    if v is None
+                    else [_fmt(v["final_mean"], v["final_std"]), _fmt(v["best_mean"], v["best_std"])]
+                )
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
         "final = the last logged step; best = the maximum over steps (minimum for loss and length); "
-        "mean ± sample std over seeds."
+        "heldout/* = held-out accuracy before and after training (summary.json); mean ± sample std over seeds."
     )
     return "\n".join(lines) + "\n"
 

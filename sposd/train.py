@@ -459,8 +459,8 @@ def train(
             metrics["response/len_reduction"] = 1.0 - metrics["response/mean_len"] / max(first_len, 1e-9)
             if cfg.algo.distill.enabled:
                 metrics.update(_distill_metrics(algo.distill_stats, too_long, teacher_prompts, learn_m))
-            if ckpt_s is not None:  # the previous checkpoint's write, logged with the step after it
-                metrics["time/checkpoint_s"] = ckpt_s
+            if ckpt_s is not None:  # the previous checkpoint's write, logged once, with the step after it
+                metrics["time/checkpoint_s"], ckpt_s = ckpt_s, None
             if algo.num_score_contexts:
                 metrics["score/fallback"] = sdist.all_reduce([score_fallback])[0]
             metrics.update(algo.end_step(step, metrics))

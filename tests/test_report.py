@@ -10,7 +10,7 @@ import yaml
 from sposd.report import main, report
 
 
-def _run(d, *, algo, seed, lr, rewards, losses, heldout=None):
+def _run(d, *, algo, seed, lr, rewards, losses, heldout=None, summary=None):
     d.mkdir(parents=True)
     cfg = {"seed": seed, "run_dir": str(d), "algo": {"name": algo, "group_size": 8}, "optim": {"lr": lr}}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -21,6 +21,8 @@ def _run(d, *, algo, seed, lr, rewards, losses, heldout=None):
             row["eval/heldout_accuracy"] = heldout[i]
         rows.append(row)
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "rew')  # torn line
+    if summary is not None:
+        (d / "summary.json").write_text(json.dumps(summary))
 
 
 @pytest.fixture()
@@ -36,6 +38,7 @@ def sweep(tmp_path):
         rewards=[0.3, 0.4, 0.6],
         losses=[0.8, 0.2, 0.3],
         heldout={3: 0.5},
+        summary={"base_accuracy": 0.30, "trained_accuracy": 0.36},
     )
     _run(
         root / "3_algo=ssopd,seed=1",
@@ -45,6 +48,7 @@ def sweep(tmp_path):
         rewards=[0.3, 0.2, 0.2],
         losses=[0.6, 0.3, 0.1],
         heldout={3: 0.3},
+        summary={"base_accuracy": 0.34, "trained_accuracy": 0.40},
     )
     return root
 
@@ -64,6 +68,13 @@ def test_points_final_best_mean_std(sweep):
     h = s["points"]["algo.name=ssopd"]["metrics"]["eval/heldout_accuracy"]
     assert h["final_mean"] == pytest.approx(0.4) and h["n"] == 2  # (0.5 + 0.3) / 2
     assert "eval/heldout_accuracy" not in grpo["metrics"]  # never logged for grpo
+    # summary.json's held-out accuracy: base (0.30 + 0.34) / 2 = 0.32, trained (0.36 + 0.40) / 2 = 0.38,
+    # sample std sqrt(2 * 0.02^2 / 1) = 0.0283
+    t = s["points"]["algo.name=ssopd"]["metrics"]["heldout/trained_accuracy"]
+    assert t["final_mean"] == pytest.approx(0.38) and t["final_std"] == pytest.approx(0.0283, abs=1e-4)
+    assert s["points"]["algo.name=ssopd"]["metrics"]["heldout/base_accuracy"]["final_mean"] == pytest.approx(0.32)
+    assert "heldout/trained_accuracy" not in grpo["metrics"]  # its runs wrote no summary.json
+    assert s["metrics"][:2] == ["heldout/base_accuracy", "heldout/trained_accuracy"]
 
 
 def test_files_and_table(sweep, capsys):
@@ -71,7 +82,9 @@ def test_files_and_table(sweep, capsys):
     out = capsys.readouterr().out
     assert "| algo.name=ssopd | 2 | 3 |" in out and "0.3 ± 0.14" in out
     assert (sweep / "report.md").read_text().startswith("| sweep point |")
-    assert json.loads((sweep / "report.json").read_text())["metrics"][0] == "reward/mean"
+    assert json.loads((sweep / "report.json").read_text())["metrics"][2] == "reward/mean"  # after heldout/*
+    assert "| heldout/base_accuracy | heldout/trained_accuracy | reward/mean final |" in out
+    assert "| 0.32 ± 0.028 | 0.38 ± 0.028 |" in out  # the ssopd row; grpo's runs have no summary.json: "–"
     for name in ("report_reward_mean.png", "report_loss_total.png", "report_eval_heldout_accuracy.png"):
         assert (sweep / name).stat().st_size > 1000
 
