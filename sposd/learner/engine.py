@@ -112,7 +112,9 @@ class PeakMemory:
     """Peak memory of a block above what was in use when it started, in GB (None where it cannot be measured).
 
     CUDA: the caching allocator's peak counter. CPU (Linux): the process's peak resident set (VmHWM), reset to the
-    current RSS through /proc/self/clear_refs, so the figure covers everything the block allocated and touched.
+    current RSS through /proc/self/clear_refs, so the figure covers the new resident memory the block touched;
+    memory the allocator hands out again from its already-resident free lists is not counted (a lower bound in a
+    long-running process).
     """
 
     def __init__(self, device: str) -> None:

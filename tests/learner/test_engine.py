@@ -38,13 +38,22 @@ def test_stale_world_group_is_dropped_after_the_world_is_recreated():
 
 
 def test_peak_memory_counts_what_a_block_allocates_and_frees():
-    import torch
+    # In a fresh process: in a long one (the suite), the allocator may serve the block from memory that is
+    # already resident, which RSS-based peaks rightly do not count as new.
+    import subprocess
+    import sys
 
-    from sposd.learner.engine import PeakMemory
-
-    with PeakMemory("cpu") as mem:
-        x = torch.ones(16, 2**20)  # 16 x 2^20 x 4 B = 64 MiB, every page touched
-        del x
-    if mem.base is None:
+    code = """
+import torch
+from sposd.learner.engine import PeakMemory
+with PeakMemory("cpu") as mem:
+    x = torch.ones(16, 2**20)  # 16 x 2^20 x 4 B = 64 MiB, every page touched
+    del x
+print(mem.peak_gb)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    peak = r.stdout.split()[-1]
+    if peak == "None":
         pytest.skip("no /proc/self/clear_refs on this platform")
-    assert 60 / 1024 < mem.peak_gb < 1.0, mem.peak_gb
+    assert 60 / 1024 < float(peak) < 1.0, peak
