@@ -29,24 +29,12 @@ import sys
 import time
 from pathlib import Path
 
+from sposd.algos.grpo import COMPOSED
+
 REPO = Path(__file__).resolve().parents[1]
-ALL_ALGOS = (
-    "grpo",
-    "ssopd",
-    "opsd",
-    "paint",
-    "sdpo",
-    "srpo",
-    "cepo",
-    "atesd",
-    "tip",
-    "paced",
-    "opsdc",
-    "ace",
-    "gopd",
-    "sdzero",
-    "opsd_sgtopk",
-)
+
+# GRPO and SSOPD first, then the registry's order; DAPO and Dr.GRPO are GRPO variants, not compared here
+ALL_ALGOS = ("grpo", "ssopd", *(a for a in COMPOSED if a not in ("grpo", "ssopd", "dapo", "dr_grpo")))
 
 
 def _compose_group_size(algo: str) -> int:
