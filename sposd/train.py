@@ -208,7 +208,7 @@ def _quiet_libraries(device: str) -> None:
 
     if device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns that it found no GPU
-    for msg in (".*reduce_scatter_tensor.*", ".*reduce_op.*", ".*_get_vllm_tracer.*"):
+    for msg in (".*reduce_scatter_tensor.*", ".*all_gather_into_tensor.*", ".*reduce_op.*", ".*_get_vllm_tracer.*"):
         warnings.filterwarnings("ignore", message=msg)
     from transformers.utils import logging as hf_logging
 
