@@ -153,7 +153,8 @@ def plot(res: dict, path: Path, *, smooth: int = 10) -> bool:
         print("matplotlib is not installed (pip install -e '.[plot]'): no plot written", file=sys.stderr)
         return False
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(18, 4.5))
-    for algo, runs in res.items():
+    cmap = plt.get_cmap("tab20")  # one colour per method (the default cycle repeats after 10)
+    for k, (algo, runs) in enumerate(res.items()):
         n = min(len(r["accuracy"]) for r in runs)
         curves = []
         for r in runs:
@@ -161,7 +162,7 @@ def plot(res: dict, path: Path, *, smooth: int = 10) -> bool:
             curves.append([statistics.mean(xs[max(0, i - smooth + 1) : i + 1]) for i in range(n)])
         mean = [statistics.mean(c[i] for c in curves) for i in range(n)]
         steps = list(range(1, n + 1))
-        (line,) = ax1.plot(steps, mean, label=algo)
+        (line,) = ax1.plot(steps, mean, label=algo, color=cmap(k % 20), linestyle="-" if k < 10 else "--")
         ax1.fill_between(
             steps,
             [min(c[i] for c in curves) for i in range(n)],
@@ -170,18 +171,25 @@ def plot(res: dict, path: Path, *, smooth: int = 10) -> bool:
             alpha=0.15,
         )
         lens = [statistics.mean(r["response_len"][i] for r in runs) for i in range(n)]
-        ax3.plot(steps, lens, color=line.get_color(), label=algo)
+        ax3.plot(steps, lens, color=line.get_color(), linestyle=line.get_linestyle(), label=algo)
         ev = sorted(set.intersection(*(set(r["heldout_accuracy"]) for r in runs)))
         ys = [[r["heldout_accuracy"][s] for r in runs] for s in ev]
-        ax2.plot(ev, [statistics.mean(y) for y in ys], marker="o", color=line.get_color(), label=algo)
+        ax2.plot(
+            ev,
+            [statistics.mean(y) for y in ys],
+            marker="o",
+            color=line.get_color(),
+            linestyle=line.get_linestyle(),
+            label=algo,
+        )
         ax2.fill_between(ev, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.15)
     ax1.set(xlabel="step", ylabel=f"training accuracy (rolling mean of {smooth})", title="rollout accuracy")
     ax2.set(xlabel="step", ylabel="held-out accuracy", title="held-out accuracy (toy task)")
     ax3.set(xlabel="step", ylabel="tokens", title="mean response length")
     for ax in (ax1, ax2, ax3):
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+    fig.legend(*ax1.get_legend_handles_labels(), loc="center right", fontsize="small")  # one legend, off the data
+    fig.tight_layout(rect=(0, 0, 0.92, 1))
     fig.savefig(path, dpi=120)
     return True
 
