@@ -95,18 +95,14 @@ def evaluate(cfg: EvalAppCfg, run_dir: Path, *, engine=None, verifier=None, prog
                 )
                 own.append(verifier)
             if engine is None:
-                engine = VLLMEngine(
+                engine = VLLMEngine.from_config(
                     model_path,
-                    dtype=cfg.model.dtype,
+                    cfg.model,
+                    hw,
                     max_model_len=max_model_len,
                     seed=cfg.seed,
-                    device=hw.device,
-                    kv_cache_gb=hw.vllm_kv_cache_gb,
                     gpu_memory_utilization=ev.gpu_memory_utilization,
-                    enforce_eager=hw.vllm_enforce_eager,
-                    tensor_parallel_size=hw.vllm_tp,
-                    trust_remote_code=cfg.model.trust_remote_code,
-                    max_num_seqs=hw.vllm_max_num_seqs,
+                    enable_sleep_mode=False,  # evaluation never hands the GPU to a learner
                 )
                 own.append(engine)
             bar = recorder.progress_bar(enabled=progress)

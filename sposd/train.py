@@ -320,19 +320,12 @@ def train(
         global RNG, but vLLM's CPU build cannot rewind a CPU generator when it discards a partial-prefill token.)"""
         torch.manual_seed(_step_seed(cfg.seed, step, round_, rank))
 
-    engine = engine or VLLMEngine(
+    engine = engine or VLLMEngine.from_config(
         model_path,
-        dtype=cfg.model.dtype,
+        cfg.model,
+        hw,
         max_model_len=max(cfg.model.max_prompt_len + max_new, periodic_eval.max_model_len),
         seed=cfg.seed * 1000 + rank,
-        device=hw.device,
-        kv_cache_gb=hw.vllm_kv_cache_gb,
-        gpu_memory_utilization=hw.vllm_gpu_memory_utilization,
-        enforce_eager=hw.vllm_enforce_eager,
-        tensor_parallel_size=hw.vllm_tp,
-        enable_sleep_mode=hw.vllm_sleep,
-        trust_remote_code=cfg.model.trust_remote_code,
-        max_num_seqs=hw.vllm_max_num_seqs,
     )
     learner = learner or DeepSpeedLearner(
         model_path,

@@ -74,6 +74,25 @@ class VLLMEngine:
         self._llm = LLM(**kwargs)
         self._asleep = False
 
+    @classmethod
+    def from_config(cls, model_path: str, model, hardware, *, max_model_len: int, seed: int, **overrides) -> VLLMEngine:
+        """An engine with the model config's dtype / remote-code choice and the hardware config's vLLM knobs
+        (`overrides` replaces any of them, e.g. evaluation's own gpu_memory_utilization)."""
+        kwargs = dict(
+            dtype=model.dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            device=hardware.device,
+            kv_cache_gb=hardware.vllm_kv_cache_gb,
+            gpu_memory_utilization=hardware.vllm_gpu_memory_utilization,
+            enforce_eager=hardware.vllm_enforce_eager,
+            tensor_parallel_size=hardware.vllm_tp,
+            enable_sleep_mode=hardware.vllm_sleep,
+            trust_remote_code=model.trust_remote_code,
+            max_num_seqs=hardware.vllm_max_num_seqs,
+        )
+        return cls(model_path, **{**kwargs, **overrides})
+
     # ---- sampling ------------------------------------------------------------------------------------
     def _params(self, sampling: SamplingCfg, *, n: int):
         from vllm import SamplingParams
