@@ -243,7 +243,7 @@ def train(
     from sposd.data.templates import make_prompt, stripped_template_ids
     from sposd.evaluate import TrainingEval
     from sposd.learner.engine import DeepSpeedLearner
-    from sposd.models.paths import load_tokenizer, resolve_model_path
+    from sposd.models.paths import context_length, load_tokenizer, resolve_model_path
     from sposd.rewards import VerifierPool
     from sposd.rollout.vllm_engine import VLLMEngine
     from sposd.sync.weights import push_weights
@@ -302,6 +302,8 @@ def train(
         wrapper=dcfg.wrapper,
         # the teacher context may hold a witness as long as a completion
         max_len=cfg.model.max_teacher_prompt_len or cfg.model.max_prompt_len + cfg.model.max_new_tokens,
+        # [context | completion] must stay within the model's positions (refused and counted as too long otherwise)
+        max_positions=context_length(model_path, trust_remote_code=cfg.model.trust_remote_code),
         reveal_min=dcfg.reveal_min,
         reveal_direction=dcfg.reveal_direction,
         overlap_metric=dcfg.overlap,
@@ -417,7 +419,7 @@ def train(
                     rollout_logprobs=c.logprobs,
                 )
                 if req is not None:
-                    ids = teacher_prompts.render_context(g.prompt, req.context)
+                    ids = teacher_prompts.render_context(g.prompt, req.context, completion_len=len(c.token_ids))
                     if ids is None:
                         too_long += 1
                     else:
@@ -425,7 +427,7 @@ def train(
                         s.distill_len, s.distill_units = req.num_positions, req.units
                 if algo.num_score_contexts:  # a context that is missing or too long: the student's own prompt
                     ids = (
-                        [teacher_prompts.render_context(g.prompt, x) for x in ctxs]
+                        [teacher_prompts.render_context(g.prompt, x, completion_len=len(c.token_ids)) for x in ctxs]
                         if ctxs is not None
                         else [None] * algo.num_score_contexts
                     )

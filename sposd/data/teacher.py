@@ -17,6 +17,11 @@ from sposd.data.templates import (
 from sposd.ops.overlap import overlap, reveal_ratio
 
 
+def fits_positions(context_len: int, completion_len: int, max_positions: int | None) -> bool:
+    """Whether the teacher sequence [context | completion] stays within the model's positions (None: unknown)."""
+    return max_positions is None or context_len + completion_len <= max_positions
+
+
 class TeacherPrompts:
     """Turns (problem, privileged text) into teacher context ids, and cuts references for PAINT.
 
@@ -26,6 +31,9 @@ class TeacherPrompts:
         enable_thinking: chat-template thinking flag (as for the student).
         wrapper: "opsd" | "sdpo" teacher message.
         max_len: teacher contexts longer than this are refused (`render` returns None).
+        max_positions: the model's context (max_position_embeddings): a teacher sequence [context | completion]
+            longer than this is refused too (the model would run past the positions it was trained on), and
+            counted in `past_positions`.
         reveal_min, reveal_direction, overlap_metric, reveal_unit, hidden_marker: PAINT's partial solution.
     """
 
@@ -37,6 +45,7 @@ class TeacherPrompts:
         enable_thinking: bool,
         wrapper: str = "opsd",
         max_len: int | None = None,
+        max_positions: int | None = None,
         reveal_min: float = 0.25,
         reveal_direction: str = "more_when_close",
         overlap_metric: str = "lcs_recall",
@@ -44,7 +53,8 @@ class TeacherPrompts:
         hidden_marker: bool = False,
     ) -> None:
         self.tokenizer, self.instruction, self.enable_thinking = tokenizer, instruction, enable_thinking
-        self.wrapper, self.max_len = wrapper, max_len
+        self.wrapper, self.max_len, self.max_positions = wrapper, max_len, max_positions
+        self.past_positions = 0  # teacher sequences refused for running past max_positions (cumulative)
         self.reveal_min, self.reveal_direction = reveal_min, reveal_direction
         self.overlap_metric, self.reveal_unit, self.hidden_marker = overlap_metric, reveal_unit, hidden_marker
         self._ref_ids: dict[str, list[int]] = {}
@@ -59,15 +69,24 @@ class TeacherPrompts:
         ids = render_prompt_ids(self.tokenizer, msg, enable_thinking=self.enable_thinking)
         return None if self.max_len is not None and len(ids) > self.max_len else ids
 
-    def render_context(self, prompt, context) -> list[int] | None:
-        """Teacher context ids for one `sposd.algos.base.TeacherContext`, or None when longer than max_len.
+    def render_context(self, prompt, context, *, completion_len: int = 0) -> list[int] | None:
+        """Teacher context ids for one `sposd.algos.base.TeacherContext`, or None when longer than max_len or when
+        the context and the `completion_len` tokens after it do not fit in max_positions.
 
         Args:
             prompt: the student's `sposd.types.Prompt` (its problem text and prompt ids).
             context: kind "wrap" (the configured wrapper around context.text), "reviser" (the reviser prompt around
                 the attempt context.text and its verdict), "concise" (OPSDC's instruction around the problem),
                 "splice" (the student's prompt ids, assistant header included, then the tokens of context.text).
+            completion_len: tokens of the completion the teacher pass appends to the context.
         """
+        ids = self._context_ids(prompt, context)
+        if ids is not None and not fits_positions(len(ids), completion_len, self.max_positions):
+            self.past_positions += 1
+            return None
+        return ids
+
+    def _context_ids(self, prompt, context) -> list[int] | None:
         if context.kind == "wrap":
             return self.render(prompt.problem, context.text)
         if context.kind == "reviser":
