@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from sposd.config import DataCfg, ModelCfg
@@ -9,7 +10,8 @@ from sposd.errors import UserError
 
 
 def resolve_model_path(model: ModelCfg, *, data: DataCfg, cache_dir: str, rank: int = 0) -> str:
-    """'builtin' -> build + warm-start (cached) the embedded tiny model; a local dir must exist; else a hub id.
+    """'builtin' -> build + warm-start (cached) the embedded tiny model; a local dir must exist; a hub id is
+    downloaded once (`fetch_hub_model`) and its local snapshot returned.
 
     The builtin model is keyed on its architecture and warm-start knobs (`model.builtin.*`) and the toy task's
     knobs (`data.max_operand`, `data.min_terms`, `data.max_terms`). In a multi-rank job rank 0 builds it first.
@@ -48,7 +50,44 @@ def resolve_model_path(model: ModelCfg, *, data: DataCfg, cache_dir: str, rank: 
         return str(p)
     if model.path.startswith((".", "/", "~")) or model.path.count("/") != 1:
         raise UserError(f"model.path={model.path!r} does not exist (give a local HF-format dir or a hub id owner/name)")
-    return model.path
+    return fetch_hub_model(model.path, rank=rank)
+
+
+def _snapshot(model_id: str, *, local_files_only: bool) -> str:
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(model_id, local_files_only=local_files_only, ignore_patterns=["original/*"])
+
+
+def fetch_hub_model(
+    model_id: str,
+    *,
+    rank: int,
+    download: Callable[..., str] = _snapshot,
+    gather: Callable[[object], list] | None = None,
+) -> str:
+    """The local directory of a hub model, downloaded by rank 0 only; every rank returns the same snapshot.
+
+    Rank 0 downloads (or finds it in the Hugging Face cache) while the others wait at a gather that carries its
+    outcome; they then resolve the snapshot from the cache without the network. A failed download is one
+    UserError on every rank, not a rank 0 error with its peers waiting at a barrier.
+
+    Args:
+        download: `download(model_id, local_files_only=...) -> local dir` (huggingface_hub's snapshot_download).
+        gather: all-gather of one object per rank (`sposd.dist.all_gather_objects`).
+    """
+    if gather is None:
+        from sposd.dist import all_gather_objects as gather
+    path, error = None, None
+    if rank == 0:
+        try:
+            path = download(model_id, local_files_only=False)
+        except Exception as e:  # any failure (network, auth, no such repo) is reported to every rank
+            error = f"model.path={model_id!r}: cannot fetch it from the Hugging Face hub ({str(e).splitlines()[0]})"
+    error = gather(error)[0]  # every rank waits here for rank 0's download
+    if error is not None:
+        raise UserError(error)
+    return path if path is not None else download(model_id, local_files_only=True)
 
 
 def load_tokenizer(path: str, model: ModelCfg):
