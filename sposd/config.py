@@ -114,7 +114,11 @@ class HardwareCfg:
         vllm_kv_cache_gb: KV cache on CPU.
         vllm_tp: tensor-parallel size of each vLLM engine.
         vllm_enforce_eager: no CUDA graphs.
-        vllm_sleep: free vLLM's KV cache while the learner trains (colocated GPUs).
+        vllm_sleep: put vLLM to sleep while the learner trains (colocated GPUs).
+        vllm_sleep_level: 2 discards vLLM's weights while asleep (the sync rewrites them all); 1 backs them up to
+            pinned host memory and restores them (a copy of the model each way, every step).
+        dist_timeout_min: how long a rank waits at a collective for its peers (NCCL's default of 10 minutes
+            aborts runs whose ranks finish long rollouts minutes apart).
         num_threads: torch CPU threads per rank (0: torch's default).
     """
 
@@ -131,7 +135,9 @@ class HardwareCfg:
     vllm_tp: int = 1
     vllm_enforce_eager: bool = True
     vllm_sleep: bool = False
+    vllm_sleep_level: int = 2
     vllm_max_num_seqs: int | None = None
+    dist_timeout_min: float = 180.0
     num_threads: int = 0
 
     def __post_init__(self) -> None:
@@ -140,6 +146,9 @@ class HardwareCfg:
         _check_positive("hardware.nproc", self.nproc)
         _check_positive("hardware.nodes", self.nodes)
         _check_positive("hardware.micro_batch_tokens", self.micro_batch_tokens)
+        _check_positive("hardware.vllm_tp", self.vllm_tp)
+        _check_positive("hardware.dist_timeout_min", self.dist_timeout_min)
+        _check_choice("hardware.vllm_sleep_level", self.vllm_sleep_level, (1, 2))
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             raise ValueError(
                 f"hardware.vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}"
@@ -430,6 +439,11 @@ class TrainCfg:
             raise ValueError(f"train.eval.every={self.train.eval.every} needs benchmarks, e.g. benchmarks=[toy]")
         if self.train.eval.every:
             _check_benchmarks(self.benchmarks)
+        if self.hardware.vllm_tp > 1:  # each rank samples its own prompts; TP peers would need the same ones
+            raise ValueError(
+                f"hardware.vllm_tp={self.hardware.vllm_tp}: sposd train runs one TP=1 vLLM engine per GPU; use "
+                "hardware.vllm_tp=1 (sposd eval accepts vllm_tp > 1)"
+            )
         world = self.hardware.nproc * self.hardware.nodes
         if self.prompts_per_step % world:
             raise ValueError(

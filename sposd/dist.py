@@ -6,6 +6,7 @@ import os
 import re
 import socket
 from collections.abc import Mapping
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -54,26 +55,70 @@ def launched_as_ranks() -> bool:
     return "RANK" in os.environ or slurm_rendezvous(os.environ) is not None
 
 
-def init_distributed(device: str) -> tuple[int, int]:
+DEFAULT_TIMEOUT_MIN = 180.0
+
+
+def local_device_env(env: Mapping[str, str], visible_gpus: int) -> dict[str, str]:
+    """The LOCAL_RANK to use as this rank's device index (as a dict to merge into the environment; {} if it is fine).
+
+    SLURM sites that bind one GPU per task (`--gpus-per-task=1`, cgroup ConstrainDevices) show each task a single
+    cuda:0 while SLURM_LOCALID, hence LOCAL_RANK, counts tasks on the node: the device index is then 0. torch,
+    DeepSpeed and vLLM's external_launcher all read LOCAL_RANK, so the remap goes into the environment.
+
+    Args:
+        env: the process environment.
+        visible_gpus: torch.cuda.device_count() of this process.
+    """
+    local = int(env.get("LOCAL_RANK", "0"))
+    if visible_gpus == 1 and local != 0:
+        return {"LOCAL_RANK": "0"}
+    if visible_gpus and local >= visible_gpus:
+        raise ValueError(
+            f"LOCAL_RANK={local} but this task sees {visible_gpus} GPUs (CUDA_VISIBLE_DEVICES="
+            f"{env.get('CUDA_VISIBLE_DEVICES', 'unset')}): start one rank per visible GPU"
+        )
+    return {}
+
+
+def process_group_kwargs(device: str, *, local_rank: int, timeout_min: float) -> dict:
+    """init_process_group's backend, timeout and (NCCL) device_id.
+
+    The timeout bounds how long a rank waits at a collective for its peers. Ranks generate on their own engines
+    and meet at the learner's first collective, minutes apart with long reasoning rollouts: NCCL's default
+    (10 minutes) would abort such runs. `device_id` binds the NCCL communicator to this rank's GPU (eager
+    initialisation, no "guessing device" barrier).
+    """
+    if timeout_min <= 0:
+        raise ValueError(f"hardware.dist_timeout_min must be > 0, got {timeout_min}")
+    kwargs: dict = {"backend": "nccl" if device == "cuda" else "gloo", "timeout": timedelta(minutes=timeout_min)}
+    if device == "cuda":
+        kwargs["device_id"] = torch.device("cuda", local_rank)
+    return kwargs
+
+
+def init_distributed(device: str, *, timeout_min: float = DEFAULT_TIMEOUT_MIN) -> tuple[int, int]:
     """Join (or, for a lone process, create) the default process group; returns (rank, world_size).
 
     torchrun sets RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; under SLURM (`srun`, a task per rank) they are
     derived from SLURM's variables; a plain `sposd train` is a world of one, which DeepSpeed needs all the same.
+    `timeout_min` bounds any wait at a collective (`hardware.dist_timeout_min`).
     """
     slurm = slurm_rendezvous(os.environ)
     if slurm is not None:
         os.environ.update(slurm)
     if not dist.is_initialized():
-        backend = "nccl" if device == "cuda" else "gloo"
         if device == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            os.environ.update(local_device_env(os.environ, torch.cuda.device_count()))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        kwargs = process_group_kwargs(device, local_rank=local_rank, timeout_min=timeout_min)
+        if device == "cuda":
+            torch.cuda.set_device(local_rank)
         if "RANK" in os.environ:  # launched by torchrun / srun: rendezvous through the environment
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(**kwargs)
         else:
             # A lone process: a private rendezvous. Writing RANK/MASTER_PORT into os.environ instead would leak
             # into child processes, which would then take themselves for torchrun ranks on a busy port.
-            dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
-                                    world_size=1)
+            dist.init_process_group(init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1, **kwargs)
             os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed reads it; harmless to inherit
     return dist.get_rank(), dist.get_world_size()
 

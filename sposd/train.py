@@ -252,7 +252,7 @@ def train(
     _quiet_libraries(hw.device)
     if hw.num_threads:
         torch.set_num_threads(hw.num_threads)
-    rank, world = sdist.init_distributed(hw.device)
+    rank, world = sdist.init_distributed(hw.device, timeout_min=hw.dist_timeout_min)
     is_main = rank == 0
     if world != hw.nproc * hw.nodes:
         raise UserError(
