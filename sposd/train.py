@@ -13,7 +13,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from sposd.errors import UserError
 from sposd.learner.batching import LearnerSample
 from sposd.logging import MetricsLogger, redact_secrets, write_atomic, write_jsonl
 from sposd.rollout.base import SamplingCfg
+from sposd.rollout.seeds import call_seed
 from sposd.types import RolloutGroup
 
 
@@ -112,14 +113,6 @@ def heldout_accuracy(engine, prompts, verifier, *, n: int, sampling: SamplingCfg
     total = sum(len(g.completions) for g in groups)
     c, t = sdist.all_reduce([correct, total])
     return c / max(t, 1)
-
-
-def _step_seed(seed: int, step: int, round_: int, rank: int) -> int:
-    """A 63-bit seed for one generate call, distinct for every (seed, step, round, rank)."""
-    import hashlib
-
-    h = hashlib.blake2b(f"{seed}:{step}:{round_}:{rank}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") >> 1
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------------
@@ -245,6 +238,7 @@ def train(
     from sposd.learner.engine import DeepSpeedLearner
     from sposd.models.paths import context_length, load_tokenizer, resolve_model_path
     from sposd.rewards import VerifierPool
+    from sposd.rollout.colocation import Colocation
     from sposd.rollout.vllm_engine import VLLMEngine
     from sposd.sync.weights import push_weights
 
@@ -315,12 +309,10 @@ def train(
         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, max_new_tokens=max_new
     )
 
-    def reseed(step: int, round_: int) -> None:
-        """Reseed this process's torch RNG from (seed, step, generation round, rank; rounds -1 / -2 = held-out /
-        benchmark evaluation) before sampling. The in-process vLLM engine samples from it, so a resumed run draws
-        exactly what the uninterrupted run would have. (Per-request vLLM seeds would do this without touching the
-        global RNG, but vLLM's CPU build cannot rewind a CPU generator when it discards a partial-prefill token.)"""
-        torch.manual_seed(_step_seed(cfg.seed, step, round_, rank))
+    def seeded(step: int, round_: int) -> SamplingCfg:
+        """`sampling` with the seed of one generate call (round -1: held-out accuracy): every request's seed derives
+        from (seed, step, round, rank, prompt index), so a resumed run draws what the uninterrupted one drew."""
+        return replace(sampling, seed=call_seed(cfg.seed, step, round_, rank))
 
     engine = engine or VLLMEngine.from_config(
         model_path,
@@ -345,6 +337,7 @@ def train(
         offload_optimizer=hw.offload_optimizer,
         offload_params=hw.offload_params,
     )
+    colocation = Colocation(engine, level=hw.vllm_sleep_level)
     verifier = VerifierPool()
     logger = MetricsLogger(
         run_dir,
@@ -373,9 +366,8 @@ def train(
         if sync_engine_first and resume is None:  # an injected engine holds another run's weights
             push_weights(learner.module, engine)
         if heldout_records and "base_accuracy" not in summary:
-            reseed(0, -1)
             summary["base_accuracy"] = heldout_accuracy(
-                engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=sampling
+                engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=seeded(0, -1)
             )
         bar = _progress(cfg.num_steps, start, enabled=is_main and cfg.logger.console)
         ckpt_s = None
@@ -389,9 +381,10 @@ def train(
             all_groups: list[RolloutGroup] = []
             t_verify = 0.0
             for round_ in range(cfg.algo.max_gen_batches if cfg.algo.dynamic_sampling else 1):
-                reseed(step, round_)
                 groups = engine.generate(
-                    [to_prompt(r) for r in sampler.next(cfg.prompts_per_step)], n=cfg.algo.group_size, sampling=sampling
+                    [to_prompt(r) for r in sampler.next(cfg.prompts_per_step)],
+                    n=cfg.algo.group_size,
+                    sampling=seeded(step, round_),
                 )
                 tv = time.perf_counter()
                 grade(groups, verifier)  # 2. verify
@@ -438,14 +431,13 @@ def train(
 
             # 5. learner step (DeepSpeed ZeRO-3)
             t0 = time.perf_counter()
-            engine.sleep()
+            colocation.release()  # vLLM's memory to the learner (sposd.rollout.colocation has the sequence)
             learn_m = learner.train_step(samples, max_len=max_new)
             t_learn = time.perf_counter() - t0
 
             # 6. weight sync: vLLM must sample the next batch from the weights just trained
             t0 = time.perf_counter()
-            engine.wake_up()
-            sync_m = push_weights(learner.module, engine)
+            sync_m = colocation.sync(lambda: push_weights(learner.module, engine))
             t_sync = time.perf_counter() - t0
 
             # 7. log (and let the algorithm's controllers see the step)
@@ -472,13 +464,14 @@ def train(
                 }
             )
             if heldout_records and cfg.heldout_every and step % cfg.heldout_every == 0:
-                reseed(step, -1)
-                acc = heldout_accuracy(engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=sampling)
+                acc = heldout_accuracy(
+                    engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=seeded(step, -1)
+                )
                 metrics["eval/heldout_accuracy"] = acc
                 if step == cfg.num_steps:
                     summary["trained_accuracy"] = acc
             if periodic_eval.due(step):  # every train.eval.every steps and at the end
-                reseed(step, -2)
+                torch.manual_seed(call_seed(cfg.seed, step, -2, rank))  # its requests' seeds are drawn from torch
                 metrics.update(periodic_eval(step, engine, verifier))
             logger.log(step, metrics)
             if cfg.save_samples_every and (step % cfg.save_samples_every == 0 or step == 1):
@@ -525,9 +518,8 @@ def train(
             return summary
 
         if heldout_records and "trained_accuracy" not in summary:
-            reseed(cfg.num_steps, -1)
             summary["trained_accuracy"] = heldout_accuracy(
-                engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=sampling
+                engine, heldout_prompts, verifier, n=cfg.heldout_samples, sampling=seeded(cfg.num_steps, -1)
             )
         if (report := periodic_eval.report()) is not None:
             summary["eval"] = report  # the last and the best evaluation, each with its step

@@ -14,7 +14,8 @@ from sposd.types import Prompt, RolloutGroup
 @dataclass(frozen=True)
 class SamplingCfg:
     """Per-call sampling settings (temperature, nucleus, top-k, min-p, length; logprobs: return each sampled
-    token's log-prob, which training needs and evaluation does not)."""
+    token's log-prob, which training needs and evaluation does not; seed: the call's seed, from which each
+    prompt's request seed is derived (`sposd.rollout.seeds`); None draws it from torch's RNG)."""
 
     temperature: float = 1.0
     top_p: float = 1.0

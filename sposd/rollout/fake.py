@@ -13,7 +13,8 @@ from sposd.types import Completion, Prompt, RolloutGroup
 class ScriptedEngine:
     """Returns completions chosen by `script(prompt, i) -> text`, tokenised with `encode`.
 
-    Records every call so tests can check what the loop asked for (prompts, n, weight loads).
+    Records every call so tests can check what the loop asked for (prompts, n, weight loads, the order of
+    generate / sleep / wake_up / load_weights calls).
     """
 
     def __init__(
@@ -26,9 +27,13 @@ class ScriptedEngine:
         self.script, self.encode, self.truncates = script, encode, max_new_tokens_truncates
         self.generate_calls: list[tuple[int, int]] = []
         self.weight_loads = 0
+        self.calls: list[str] = []  # generate / load_weights / sleep / wake_up, in order
+        self.seeds: list[int | None] = []  # SamplingCfg.seed of every generate call
 
     def generate(self, prompts: Sequence[Prompt], *, n: int, sampling: SamplingCfg) -> list[RolloutGroup]:
         self.generate_calls.append((len(prompts), n))
+        self.calls.append("generate")
+        self.seeds.append(sampling.seed)
         groups = []
         for p in prompts:
             comps = []
@@ -60,12 +65,15 @@ class ScriptedEngine:
         for _ in named:  # drain: the producer may be a collective that every rank must finish
             pass
         self.weight_loads += 1
+        self.calls.append("load_weights")
 
     def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
         return [-1.0] * len(completion_ids)
 
-    def sleep(self) -> None: ...
+    def sleep(self, level: int = 2) -> None:
+        self.calls.append(f"sleep({level})")
 
-    def wake_up(self) -> None: ...
+    def wake_up(self, tags=None) -> None:
+        self.calls.append(f"wake_up({','.join(tags) if tags else 'all'})")
 
     def close(self) -> None: ...

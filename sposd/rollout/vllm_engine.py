@@ -1,9 +1,11 @@
 """The vLLM rollout engine: group sampling with token ids, logprobs and finish reasons; in-place weight reload.
 
-The engine runs in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, `distributed_executor_backend="uni"`): weights
-then travel to the worker as live tensors, with no pickling and no copy to disk. In a multi-rank job every rank
-owns one engine for its share of the prompts; vLLM reuses the already-initialised torch.distributed world and
-gives each rank an independent TP=1 engine.
+The engine runs in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`): weights then travel to the worker as live
+tensors, with no pickling and no copy to disk. In a multi-rank job every rank owns one TP=1 engine for its share
+of the prompts, built with vLLM's `external_launcher` executor (as verl and TRL do under torchrun): it takes the
+rank and the device index from RANK / LOCAL_RANK and joins the already-initialised torch.distributed world. The
+`uni` executor would read the device index from `torch.device("cuda")` (no index) and put every rank's engine on
+cuda:0. The CPU suite's 2-rank runs use the same executor.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from torch import Tensor
 
 from sposd.rollout.base import SamplingCfg
+from sposd.rollout.seeds import request_seeds
 from sposd.types import Completion, Prompt, RolloutGroup
 
 
@@ -24,6 +27,34 @@ def _set_env(kv_cache_gb: float) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def executor_backend(*, tensor_parallel_size: int, world_size: int) -> str:
+    """vLLM's `distributed_executor_backend` for an in-process engine.
+
+    Args:
+        tensor_parallel_size: GPUs per engine.
+        world_size: ranks of the torch.distributed world this process belongs to (1: none, or a world of one).
+
+    One engine per rank of a multi-rank world: "external_launcher" (device index from LOCAL_RANK). A lone
+    process: "uni", or "mp" (one worker process per GPU) when the engine spans several GPUs (`sposd eval`).
+    A TP>1 engine inside a multi-rank world would need the TP peers to sample the same prompts with the same
+    seed (TRL gathers them per TP group); sposd train refuses `hardware.vllm_tp > 1` at config time instead.
+    """
+    if world_size > 1:
+        if tensor_parallel_size > 1:
+            raise ValueError(
+                f"a vLLM engine with tensor_parallel_size={tensor_parallel_size} inside a {world_size}-rank job is "
+                "not supported: use hardware.vllm_tp=1 (one engine per GPU)"
+            )
+        return "external_launcher"
+    return "mp" if tensor_parallel_size > 1 else "uni"
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 class VLLMEngine:
     """`RolloutEngine` backed by `vllm.LLM`.
 
@@ -31,7 +62,8 @@ class VLLMEngine:
         model_path: HF-format directory or hub id.
         dtype: "float32" | "bfloat16" | "float16".
         max_model_len: prompt + completion token budget.
-        seed: engine seed (rollout randomness; per-request seeds are not fixed, so requests differ).
+        seed: engine seed (vLLM seeds torch, numpy and random with it at start-up); every request carries its
+            own seed besides (`SamplingCfg.seed`).
         device: "cpu" or "cuda" (only decides memory knobs; vLLM detects its platform itself).
         max_num_seqs: vLLM's cap on sequences in one batch (None: vLLM's default).
     """
@@ -61,18 +93,28 @@ class VLLMEngine:
             seed=seed,
             max_model_len=max_model_len,
             enforce_eager=enforce_eager,
-            distributed_executor_backend="uni",
+            distributed_executor_backend=executor_backend(
+                tensor_parallel_size=tensor_parallel_size, world_size=_world_size()
+            ),
             tensor_parallel_size=tensor_parallel_size,
             trust_remote_code=trust_remote_code,
             worker_extension_cls="sposd.rollout.worker_ext.SposdWorkerExtension",
             enable_prefix_caching=True,
+            # the log-probs of the distribution sampled from (after temperature, top-k/p): what the learner's
+            # log softmax(z / T) is compared with at any temperature
+            logprobs_mode="processed_logprobs",
         )
+        if device == "cpu":
+            # Per-request seeds give each request a torch.Generator; after a partial (chunked) prefill vLLM rewinds
+            # it with Generator.set_offset, which a CPU generator does not have ("CPU Generator does not use
+            # offset", vllm/v1/worker/gpu_model_runner.py in 0.32). Whole prompts only, then: nothing to rewind.
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 4096))
         if device == "cuda":
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
         if max_num_seqs:
             kwargs.update(max_num_seqs=max_num_seqs)
         self._llm = LLM(**kwargs)
-        self._asleep = False
+        self._asleep: set[str] = set()  # the sleeping tags
 
     @classmethod
     def from_config(cls, model_path: str, model, hardware, *, max_model_len: int, seed: int, **overrides) -> VLLMEngine:
@@ -94,27 +136,36 @@ class VLLMEngine:
         return cls(model_path, **{**kwargs, **overrides})
 
     # ---- sampling ------------------------------------------------------------------------------------
-    def _params(self, sampling: SamplingCfg, *, n: int):
+    def _params(self, sampling: SamplingCfg, *, n: int, count: int) -> list:
+        """One SamplingParams per prompt, each with its own seed (`sposd.rollout.seeds`): the call's seed is
+        `sampling.seed`, or drawn from torch's RNG when None (a caller that seeds torch still repeats itself)."""
+        import torch
         from vllm import SamplingParams
 
-        return SamplingParams(
-            n=n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k if sampling.top_k > 0 else -1,
-            min_p=sampling.min_p,
-            max_tokens=sampling.max_new_tokens,
-            logprobs=0 if sampling.logprobs else None,  # 0: the sampled token's own logprob
-            seed=sampling.seed,
-            skip_special_tokens=True,
-        )
+        call = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        return [
+            SamplingParams(
+                n=n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k if sampling.top_k > 0 else -1,
+                min_p=sampling.min_p,
+                max_tokens=sampling.max_new_tokens,
+                logprobs=0 if sampling.logprobs else None,  # 0: the sampled token's own logprob
+                seed=seed,
+                skip_special_tokens=True,
+            )
+            for seed in request_seeds(call, count)
+        ]
 
     def generate(self, prompts: Sequence[Prompt], *, n: int, sampling: SamplingCfg) -> list[RolloutGroup]:
         """Sample n completions per prompt (vLLM's `n`, sharing the prompt's prefill)."""
         if not prompts:
             return []
         outs = self._llm.generate(
-            [{"prompt_token_ids": p.prompt_ids} for p in prompts], self._params(sampling, n=n), use_tqdm=False
+            [{"prompt_token_ids": p.prompt_ids} for p in prompts],
+            self._params(sampling, n=n, count=len(prompts)),
+            use_tqdm=False,
         )
         return [_group(prompt, out) for prompt, out in zip(prompts, outs, strict=True)]
 
@@ -133,7 +184,9 @@ class VLLMEngine:
             yield self.generate(prompts, n=n, sampling=sampling)
             return
         ids = llm.enqueue(
-            [{"prompt_token_ids": p.prompt_ids} for p in prompts], self._params(sampling, n=n), use_tqdm=False
+            [{"prompt_token_ids": p.prompt_ids} for p in prompts],
+            self._params(sampling, n=n, count=len(prompts)),
+            use_tqdm=False,
         )
         # enqueue returns internal ids "<counter>-<suffix>"; outputs carry the external "<counter>"
         index = {rid.split("-", 1)[0]: i for i, rid in enumerate(ids)}
@@ -171,16 +224,23 @@ class VLLMEngine:
         self._llm.collective_rpc("sposd_reload_weights", args=(named,))
         self._llm.reset_prefix_cache()
 
-    def sleep(self) -> None:
-        """Free the KV cache (GPU colocated mode) while the learner trains."""
-        if not self._asleep and self._llm.llm_engine.vllm_config.model_config.enable_sleep_mode:
-            self._llm.sleep(level=1)
-            self._asleep = True
+    def sleep(self, level: int = 2) -> None:
+        """Release vLLM's GPU memory while the learner trains (no-op unless built with sleep mode, i.e. on CUDA).
 
-    def wake_up(self) -> None:
-        if self._asleep:
-            self._llm.wake_up()
-            self._asleep = False
+        Level 2 discards the weights (the next sync rewrites every one of them) and the KV cache; level 1 backs
+        the weights up to pinned host memory first. `sposd.rollout.colocation.Colocation` drives the sequence.
+        """
+        if not self._asleep and self._llm.llm_engine.vllm_config.model_config.enable_sleep_mode:
+            self._llm.sleep(level=level)
+            self._asleep = {"weights", "kv_cache"}
+
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        """Map back the sleeping `tags` ("weights", "kv_cache"; None: both). Waking the weights alone lets the
+        sync run while the KV cache is still unmapped."""
+        todo = self._asleep & set(tags or ("weights", "kv_cache"))
+        if todo:
+            self._llm.wake_up(tags=sorted(todo))
+            self._asleep -= todo
 
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
