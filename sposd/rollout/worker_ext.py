@@ -60,6 +60,7 @@ class SposdWorkerExtension:
                 yield name, tensor if on_cpu else tensor.to(self.device, non_blocking=True)
 
         tied = shared_param_holders(self.model_runner.get_model())
-        self.model_runner.reload_weights(weights_iterator=counted(), is_checkpoint_format=True)
+        # the worker's reload_weights wraps the runner's in set_current_vllm_config (online quantisation reads it)
+        self.reload_weights(weights_iterator=counted(), is_checkpoint_format=True)
         retie(tied)
         return count
