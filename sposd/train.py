@@ -263,10 +263,17 @@ def train(
     random.seed(cfg.seed + rank)
     torch.manual_seed(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
+    from sposd.algos.config import recipe_warnings
+
+    warnings_ = recipe_warnings(cfg.algo, model_path=cfg.model.path, lr=cfg.optim.lr)
+    if is_main:
+        for line in warnings_:
+            print(f"WARNING: {line}", flush=True)
     if is_main and resolved_config is not None:
         import yaml
 
-        write_atomic(run_dir / "config.yaml", yaml.safe_dump(redact_secrets(resolved_config), sort_keys=False))
+        head = "".join(f"# WARNING: {line}\n" for line in warnings_)
+        write_atomic(run_dir / "config.yaml", head + yaml.safe_dump(redact_secrets(resolved_config), sort_keys=False))
 
     model_path = resolve_model_path(cfg.model, data=cfg.data, cache_dir=cfg.cache_dir, rank=rank)
     tokenizer = load_tokenizer(model_path, cfg.model)
@@ -274,10 +281,10 @@ def train(
     # benchmarks of train.eval.every (loaded now, so a bad path fails before training); their budget sizes the engine
     periodic_eval = TrainingEval(cfg, tokenizer, run_dir, model_path=model_path, rank=rank, world=world)
 
+    student_thinking = cfg.model.enable_thinking if cfg.algo.student_thinking is None else cfg.algo.student_thinking
+
     def to_prompt(rec: dict):
-        prompt = make_prompt(
-            rec, tokenizer, instruction=cfg.data.instruction, enable_thinking=cfg.model.enable_thinking
-        )
+        prompt = make_prompt(rec, tokenizer, instruction=cfg.data.instruction, enable_thinking=student_thinking)
         if cfg.algo.student_prompt == "stripped_template":
             prompt.prompt_ids = stripped_template_ids(tokenizer, prompt.prompt_ids)
         return prompt
@@ -298,7 +305,8 @@ def train(
     teacher_prompts = TeacherPrompts(
         tokenizer,
         instruction=cfg.data.instruction,
-        enable_thinking=cfg.model.enable_thinking,
+        enable_thinking=student_thinking if dcfg.teacher_thinking is None else dcfg.teacher_thinking,
+        open_think=dcfg.think_boundary == "open_think" and dcfg.teacher_thinking is True and not student_thinking,
         wrapper=dcfg.wrapper,
         # the teacher context may hold a witness as long as a completion
         max_len=cfg.model.max_teacher_prompt_len or cfg.model.max_prompt_len + cfg.model.max_new_tokens,
@@ -393,6 +401,10 @@ def train(
                 )
                 tv = time.perf_counter()
                 grade(groups, verifier)  # 2. verify
+                if algo.needs_answer_classes:  # majority voting (U-OPSD): which answers agree
+                    from sposd.algos.majority import label_answer_classes
+
+                    label_answer_classes(groups, verifier.grade)
                 t_verify += time.perf_counter() - tv
                 algo.shape_rewards(groups, max_new_tokens=max_new)
                 all_groups += groups
@@ -423,6 +435,8 @@ def train(
                     else:
                         s.teacher_prompt_ids, s.distill_weight = ids, req.weight
                         s.distill_len, s.distill_units = req.num_positions, req.units
+                        if req.partner is not None:  # a too-long partner context: the teacher's own again
+                            s.partner_prompt_ids = teacher_prompts.render_context(g.prompt, req.partner)
                 if algo.num_score_contexts:  # a context that is missing or too long: the student's own prompt
                     ids = (
                         [teacher_prompts.render_context(g.prompt, x) for x in ctxs]
@@ -595,9 +609,13 @@ def _distill_metrics(stats: dict[str, float], too_long: int, teacher_prompts, le
     groups = out.pop("distill/groups", 0.0)
     out["distill/prompt_weight_mean"] = out.pop("distill/prompt_weight_sum", 0.0) / max(groups, 1.0)
     out["distill/groups"] = groups
+    loops, n = out.pop("distill/loop_completions", 0.0), out.pop("distill/completions", 0.0)
+    out["distill/loop_rate"] = loops / max(n, 1.0)  # completions ending in a repetition loop
     tokens = learn_m.get("distill/tokens", 0.0)
-    if tokens:
-        out["distill/div_mean"] = learn_m.get("distill/div_sum", 0.0) / tokens
+    if tokens:  # per distilled token: div_mean, clipped(_tokens)_mean, teacher / student_entropy_mean
+        for key, value in learn_m.items():
+            if key.startswith("distill/") and key.endswith("_sum"):
+                out[key.removesuffix("_sum") + "_mean"] = value / tokens
     return out
 
 

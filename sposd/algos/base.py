@@ -47,6 +47,8 @@ class DistillBatch:
         teacher_hidden_DTH, teacher_head: the same for the teacher (no grad).
         teacher_kept: (rows, cols, logits_NV): teacher logits the learner computed at exactly the positions the
             term will ask for (sparse mode: only the kept positions of a token pre-pass), or None.
+        partner_logits_DTV: the teacher's logits under each row's partner context (`TeacherRequest.partner`; rows
+            without one: their teacher context again), when `Algorithm.needs_partner_pass`; else None.
     """
 
     student_logits_DTV: Tensor | None
@@ -62,6 +64,7 @@ class DistillBatch:
     teacher_hidden_DTH: Tensor | None = None
     teacher_head: Head | None = None
     teacher_kept: tuple[Tensor, Tensor, Tensor] | None = None
+    partner_logits_DTV: Tensor | None = None
 
     def student_logits_at(self, rows: Tensor, cols: Tensor) -> Tensor:
         """Student logits at the positions (rows[n], cols[n]): [N, V] (differentiable when the student is)."""
@@ -143,12 +146,15 @@ class TeacherRequest:
         units: this completion's share of the global normaliser (1 / #targets of its prompt under
             "prompt_mean", its selected-token count under "token_mean"; times the prompt weight under
             prompt_weight_norm "batch_mean").
+        partner: a second teacher context whose logits the term interpolates with (PAINT's full-solution teacher,
+            `DistillBatch.partner_logits_DTV`), or None.
     """
 
     context: TeacherContext
     weight: float
     num_positions: int
     units: float
+    partner: TeacherContext | None = None
 
     @property
     def privileged(self) -> str:
@@ -235,6 +241,18 @@ class Algorithm:
         if self.cfg.distill.enabled:
             return self.cfg.distill.teacher
         return self.cfg.adv_mod.teacher if self.cfg.adv_mod.scores else None
+
+    @property
+    def needs_partner_pass(self) -> bool:
+        """Whether the learner runs a second teacher pass on each distilled row's partner context (PAINT's
+        full-solution interpolation partner) and hands its logits over as `DistillBatch.partner_logits_DTV`."""
+        d = self.cfg.distill
+        return d.enabled and d.interp_gamma > 0 and d.interp_partner == "full_solution_teacher"
+
+    @property
+    def needs_answer_classes(self) -> bool:
+        """Whether the loop must label `Completion.answer_class` (majority voting) before `distill_requests`."""
+        return self.cfg.distill.enabled and self.cfg.distill.select == "longest_minority"
 
     @property
     def teacher_ema_rate(self) -> float:

@@ -15,11 +15,19 @@ CONTEXTS = (
     "successful_sibling",
     "reviser",
     "concise_instruction",
+    "shortest_majority",
 )
 # contexts that need the dataset's reference solution
 REFERENCE_CONTEXTS = ("reference_solution", "partial_solution", "exposure_prefix")
 TEACHER_WEIGHTS = ("current", "initial", "ema", "periodic")
-SELECTIONS = ("all", "longest_wrong", "entropy_mismatch", "failed_only", "tip")
+SELECTIONS = ("all", "longest_wrong", "entropy_mismatch", "failed_only", "tip", "longest_minority")
+# contexts / selections that compare completions within a group (need group_size >= 2)
+GROUP_CONTEXTS = ("shortest_correct", "successful_sibling", "shortest_majority")
+GROUP_SELECTIONS = ("longest_wrong", "longest_minority")
+CLIP_MODES = ("token", "element")
+THINK_BOUNDARIES = ("none", "open_think")
+INTERP_PARTNERS = ("student", "full_solution_teacher")
+OVERLAPS = ("anchor_recall", "lcs_recall", "unigram_recall", "bigram_recall")
 PREFIXES = ("all", "cap", "witness")
 DIVERGENCE_KINDS = ("fkl", "rkl", "jsd", "sg_topk_rkl")
 SUPPORTS = ("full", "teacher_topk", "student_topk_tail", "student_topk")
@@ -27,7 +35,7 @@ PROMPT_WEIGHT_KINDS = ("none", "frontier", "indicator", "beta", "sqrt")
 DISTILL_NORMS = ("prompt_mean", "token_mean")
 MISMATCH_SIGNS = ("abs", "teacher_sharper", "student_sharper")
 STUDENT_PROMPTS = ("chat_template", "stripped_template")
-WRAPPERS = ("opsd", "sdpo", "sdpo_exact")
+WRAPPERS = ("opsd", "opsd_v3", "sdpo", "sdpo_exact")
 TOKEN_WEIGHTS = ("none", "teacher_entropy")
 ADV_MODS = ("none", "cepo", "ace", "gopd")
 SCORE_CONTEXTS = ("answer_contrast", "reference_solution")
@@ -55,11 +63,19 @@ class DistillCfg:
             the first correct completion of the group other than the sample itself), "reviser" (SD-Zero: the
             student's own attempt and its binary verdict, spec section 5's reviser prompt), "concise_instruction"
             (OPSDC: the problem inside spec section 10's "solve concisely" instruction; no privileged text).
-        wrapper: teacher message around the privileged text: "opsd" (OPSD's exact template) | "sdpo" (SDPO's
+        wrapper: teacher message around the privileged text: "opsd" (OPSD's template of the 2026-03 snapshot, the
+            one the tiny model is warm-started on) | "opsd_v3" (OPSD's current data_collator.py wording: the
+            solution between "=== Reference Solution Begin/End ===" and the "do not copy or paraphrase it" guard,
+            spec section 2's box) | "sdpo" (SDPO's
             middle text around the bare problem, the student's instruction last) | "sdpo_exact" (SDPO's reprompt
             verbatim: "{student's user message}\nCorrect solution:\n\n{text}\n\nCorrectly solve the original
             question."). Contexts "reviser" and "concise_instruction" have their own fixed messages.
         witness_thinking: "keep" the witness's <think> part or "strip" it (SDPO strips).
+        teacher_thinking: the chat template's thinking switch for the teacher context; null = as the student.
+            OPSD-v3: a non-thinking student (algo.student_thinking false) scored by a thinking teacher.
+        think_boundary: "none" | "open_think": when the teacher thinks and the student does not, append "<think>\n"
+            to the teacher context, so the student's answer tokens are scored as the start of the teacher's thinking
+            rather than at a position where the teacher expects "<think>" (OPSD issue #10, the author's suggestion).
         teacher: weights of the teacher: "current" (the policy, no grad; no second copy), "initial" (a frozen
             copy of the starting weights), "ema" (theta_T <- (1-ema_rate) theta_T + ema_rate theta after each
             optimiser step), "periodic" (copied from the policy every update_every optimiser steps).
@@ -82,7 +98,10 @@ class DistillCfg:
         support: "full" vocabulary (chunked) | "teacher_topk" (renormalised) | "student_topk_tail" (+ tail bucket) |
             "student_topk" (sg_topk_rkl only).
         sampled_token: the single-sample reverse-KL estimator -sg(log T(y) - log S(y)) log S(y) (needs rkl).
-        clip_max: per-token pointwise clip min(D_t, clip_max); null = off.
+        clip_max: the clip threshold c; null = off.
+        clip_mode: "token" = min(D_t, c) (the spec's PW-OPSD reading) | "element" = OPSD-v3's `--jsd_token_clip`:
+            every (position, vocabulary entry) contribution clamped to <= c before the vocabulary sum (fkl / rkl /
+            jsd on any support; the clipped loss can be negative).
         is_clip: multiply D_t by sg(min(pi/pi_old, is_clip)) (SDPO, 2.0); null = off.
         loss_temperature: divides both logits in the loss; null = the rollout temperature.
         prompt_weight: "frontier" 4 p(1-p) | "indicator" 1[0<p<1] | "beta" p^a (1-p)^b | "sqrt" | "none".
@@ -106,10 +125,14 @@ class DistillCfg:
             decrease of the distillation loss).
         reveal_min, reveal_direction, overlap, reveal_unit, hidden_marker: PAINT's partial solution: reveal
             rho = clip(reveal_min + (1 - reveal_min) o) of the reference, o = overlap(rollout, reference)
-            ("lcs_recall" | "unigram_recall" | "bigram_recall"); "more_when_close" uses o, "more_when_far"
-            1 - o; cut by "tokens" or "lines"; hidden_marker appends a line saying the rest is hidden.
-        interp_gamma: PAINT's energy-space interpolation z* = (1-gamma) z_T + gamma sg(z_S) at the entropy-mismatch
+            ("anchor_recall": the fraction of the reference's anchors (last boxed answer, formulas, numbers) found
+            in the rollout | "lcs_recall" | "unigram_recall" | "bigram_recall" on token ids); "more_when_far"
+            uses 1 - o (reveal more to a rollout far from the reference), "more_when_close" o; cut by "tokens" or
+            "lines"; hidden_marker appends a line saying the rest is hidden.
+        interp_gamma: PAINT's energy-space interpolation z* = (1-gamma) z_T + gamma sg(z_P) at the entropy-mismatch
             positions (0 = off).
+        interp_partner: z_P: "student" (the student's logits) | "full_solution_teacher" (the teacher's logits under
+            the full reference, a second teacher pass; rows whose context is already the full reference use z_T).
         mismatch_q, mismatch_sign: the entropy-mismatch set: per sequence the top ceil(q * len) positions by
             |H_T - H_S| ("abs"), H_S - H_T ("teacher_sharper") or H_T - H_S ("student_sharper").
         chunk_tokens: positions per fp32 [chunk, V] block of the full-vocabulary divergence.
@@ -122,6 +145,8 @@ class DistillCfg:
     context: str = "none"
     wrapper: str = "opsd"
     witness_thinking: str = "keep"
+    teacher_thinking: bool | None = None
+    think_boundary: str = "none"
     teacher: str = "current"
     ema_rate: float = 0.05
     update_every: int = 50
@@ -140,6 +165,7 @@ class DistillCfg:
     topk: int = 50
     sampled_token: bool = False
     clip_max: float | None = None
+    clip_mode: str = "token"
     is_clip: float | None = None
     loss_temperature: float | None = None
     prompt_weight: str = "none"
@@ -164,11 +190,12 @@ class DistillCfg:
     exposure_hidden: int = 16
     exposure_progress: str = "accuracy"
     reveal_min: float = 0.25
-    reveal_direction: str = "more_when_close"
-    overlap: str = "lcs_recall"
+    reveal_direction: str = "more_when_far"
+    overlap: str = "anchor_recall"
     reveal_unit: str = "tokens"
     hidden_marker: bool = False
     interp_gamma: float = 0.0
+    interp_partner: str = "full_solution_teacher"
     mismatch_q: float = 0.1
     mismatch_sign: str = "abs"
     chunk_tokens: int = 256
@@ -267,7 +294,19 @@ class DistillCfg:
         if not 0 <= self.reveal_min <= 1:
             raise ValueError(f"algo.distill.reveal_min must be in [0, 1], got {self.reveal_min}")
         _choice(d + "reveal_direction", self.reveal_direction, ("more_when_close", "more_when_far"))
-        _choice(d + "overlap", self.overlap, ("lcs_recall", "unigram_recall", "bigram_recall"))
+        _choice(d + "overlap", self.overlap, OVERLAPS)
+        _choice(d + "interp_partner", self.interp_partner, INTERP_PARTNERS)
+        _choice(d + "think_boundary", self.think_boundary, THINK_BOUNDARIES)
+        _choice(d + "clip_mode", self.clip_mode, CLIP_MODES)
+        if (
+            self.clip_mode == "element"
+            and self.clip_max is not None
+            and (self.sampled_token or self.divergence == "sg_topk_rkl")
+        ):
+            raise ValueError(
+                "algo.distill.clip_mode=element clamps the per-vocabulary-entry terms of fkl / rkl / jsd: it does not "
+                "apply to sampled_token or sg_topk_rkl (use clip_mode=token)"
+            )
         _choice(d + "reveal_unit", self.reveal_unit, ("tokens", "lines"))
         if not 0 <= self.interp_gamma <= 1:
             raise ValueError(f"algo.distill.interp_gamma must be in [0, 1], got {self.interp_gamma}")
@@ -275,6 +314,12 @@ class DistillCfg:
             raise ValueError(f"algo.distill.mismatch_q must be in (0, 1], got {self.mismatch_q}")
         _choice(d + "mismatch_sign", self.mismatch_sign, MISMATCH_SIGNS)
         _at_least(d + "chunk_tokens", self.chunk_tokens, 1)
+        if (self.context == "shortest_majority") != (self.select == "longest_minority"):
+            raise ValueError(
+                "algo.distill.context=shortest_majority and select=longest_minority go together (U-OPSD: the "
+                f"majority's shortest completion teaches the longest dissenting one), got context={self.context}, "
+                f"select={self.select}"
+            )
         if self.enabled and self.context == "none":
             raise ValueError(
                 "algo.distill.coef > 0 needs a teacher context: set algo.distill.context to one of "
@@ -353,6 +398,45 @@ class AdvModCfg:
             raise ValueError(f"algo.adv_mod.gopd_lambda must be > 0, got {self.gopd_lambda}")
 
 
+@dataclass(kw_only=True)
+class LoraCfg:
+    """A LoRA adapter as a recipe declares it (r 0 = none). Not applied yet: see `recipe_warnings`."""
+
+    r: int = 0
+    alpha: float = 0.0
+    target_modules: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _at_least("lora.r", self.r, 0)
+        _at_least("lora.alpha", self.alpha, 0)
+
+
+REAL_MODEL_MAX_LR = 1e-5
+
+
+def recipe_warnings(algo: AlgoCfg, *, model_path: str, lr: float) -> list[str]:
+    """One line per thing a run should say at start (and in config.yaml): a real model with an lr above 1e-5, and a
+    recipe's LoRA adapter that is not applied.
+
+    Args:
+        algo: the algorithm config.
+        model_path: model.path ("builtin" = the embedded tiny model, which trains at 1e-4 on purpose).
+        lr: optim.lr.
+    """
+    out = []
+    if model_path != "builtin" and lr > REAL_MODEL_MAX_LR:
+        out.append(
+            f"optim.lr={lr:g} is above {REAL_MODEL_MAX_LR:g} for a real model ({model_path}): full-parameter RL at "
+            "this rate usually collapses; the Qwen3 presets default to 1e-6 (set optim.lr to silence this)"
+        )
+    if algo.lora.r > 0:
+        out.append(
+            f"the {algo.name} recipe declares LoRA (r {algo.lora.r}, alpha {algo.lora.alpha:g}), which is not "
+            "available yet: this run trains all parameters (algo.lora.r=0 silences this)"
+        )
+    return out
+
+
 def _at_least(field: str, value: float, low: float) -> None:
     if value < low:
         raise ValueError(f"algo.{field} must be >= {low}, got {value}")
@@ -382,6 +466,11 @@ class AlgoCfg:
         num_minibatches: optimiser steps per pass.
         student_prompt: "chat_template" or "stripped_template" (OPSD's paper setting: the chat template with
             its special tokens removed, as its vLLM path produced).
+        student_thinking: the chat template's thinking switch for the student's prompt (rollouts and learner);
+            null = model.enable_thinking. OPSD-v3 trains a non-thinking student (`student_thinking=False`).
+        lora: the recipe's LoRA adapter (r 0 = full-parameter training). Declared by recipes that use one (OPSD:
+            r 64, alpha 128); LoRA training is not available yet, so a run with r > 0 says so at start and trains
+            all parameters.
         distill: the self-distillation term (`DistillCfg`); off unless distill.coef > 0.
         adv_mod: an advantage modifier of the RL term (`AdvModCfg`); off unless adv_mod.kind != "none".
     """
@@ -405,6 +494,8 @@ class AlgoCfg:
     ppo_epochs: int = 1
     num_minibatches: int = 1
     student_prompt: str = "chat_template"
+    student_thinking: bool | None = None
+    lora: LoraCfg = field(default_factory=LoraCfg)
     distill: DistillCfg = field(default_factory=DistillCfg)
     adv_mod: AdvModCfg = field(default_factory=AdvModCfg)
 
@@ -414,11 +505,7 @@ class AlgoCfg:
         if self.rl_coef == 0 and not self.distill.enabled:
             raise ValueError("algo.rl_coef = 0 and algo.distill.coef = 0: the loss would be empty")
         dist = self.distill
-        if (
-            dist.enabled
-            and self.group_size < 2
-            and (dist.context in ("shortest_correct", "successful_sibling") or dist.select == "longest_wrong")
-        ):
+        if dist.enabled and self.group_size < 2 and (dist.context in GROUP_CONTEXTS or dist.select in GROUP_SELECTIONS):
             raise ValueError(
                 f"algo.distill.context={dist.context} / select={dist.select} compare completions within a group: "
                 f"they need algo.group_size >= 2, got {self.group_size}"

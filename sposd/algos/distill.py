@@ -6,19 +6,21 @@ picks a component.
     data hook (`distill_requests`, per step, on groups):
         prompt weight w(x)        none | frontier 4p(1-p) | indicator | beta p^a(1-p)^b | sqrt
                                   (+ batch_mean: normalised by the batch mean of w, Paced)
-        completions selected      all | longest_wrong (SSOPD) | failed_only (SRPO) | entropy_mismatch, tip (all;
-                                  positions chosen later)
-        teacher context           reference_solution | shortest_correct | partial_solution | exposure_prefix |
-                                  successful_sibling | reviser | concise_instruction
+        completions selected      all | longest_wrong (SSOPD) | longest_minority (U-OPSD) | failed_only (SRPO) |
+                                  entropy_mismatch, tip (all; positions chosen later)
+        teacher context           reference_solution | shortest_correct | shortest_majority | partial_solution |
+                                  exposure_prefix | successful_sibling | reviser | concise_instruction
+                                  (+ PAINT's full-solution partner context)
         weights / normaliser      prompt_mean (SSOPD) | token_mean (OPSD)
     token pre-pass (`token_stats` / `token_weights`, in the learner before the loss passes, whole batch):
         tip                       keep max(1, floor(ratio N)) positions drawn prop. to h^alpha j^gamma (Q3 option)
         teacher_entropy           w_t = exp(-H(T_t) / tau), mean 1 over the batch's distilled tokens (SRPO)
     loss term (`DistillTerm`, per micro-batch, on logits):
-        PAINT interpolation       z_T <- (1-gamma) z_T + gamma sg(z_S) at entropy-mismatch positions
+        PAINT interpolation       z_T <- (1-gamma) z_T + gamma sg(z_P) at entropy-mismatch positions, z_P the
+                                  student's or the full-solution teacher's logits
         per-token divergence      fkl | rkl | jsd(beta) on full / teacher-top-k / student-top-k+tail support,
                                   the sampled-token reverse-KL estimator, or the stop-gradient top-k reverse KL;
-                                  optional clip and IS clip; a two-stage schedule (Paced fkl -> rkl)
+                                  optional token / element clip and IS clip; a two-stage schedule (Paced)
         loss                      coef * sum_rows weight * sum_t w_t D_t / (global normaliser)
 
 With select=tip and no RL term the learner passes final hidden states instead of dense logits and the term
@@ -38,15 +40,16 @@ from sposd.algos.base import DistillBatch, Normalizer, PolicyBatch, TeacherConte
 from sposd.algos.config import REFERENCE_CONTEXTS, DistillCfg
 from sposd.algos.schedule import coef_at
 from sposd.ops.divergence import (
+    divergence_with_stats,
     entropy_mismatch_mask,
     interpolate_teacher_logits_,
-    per_token_divergence,
     sampled_token_loss,
     sg_topk_reverse_kl,
     teacher_support_entropy,
 )
 from sposd.ops.logprobs import entropy_from_logits, token_logprobs
-from sposd.ops.selection import prefix_length, prompt_weight, select_longest_wrong
+from sposd.ops.repetition import ends_in_loop
+from sposd.ops.selection import prefix_length, prompt_weight, select_longest_minority, select_longest_wrong
 from sposd.ops.token_selection import (
     entropy_token_weights,
     q3_mask,
@@ -59,7 +62,23 @@ from sposd.ops.token_selection import (
 from sposd.ops.types import LossOut
 from sposd.types import RolloutGroup
 
-METRIC_KEYS = ("loss/distill", "distill/tokens", "distill/positions", "distill/div_sum", "distill/interp_tokens")
+# sums over micro-batches and ranks; the loop logs each "distill/<x>_sum" also as "distill/<x>_mean" per distilled
+# token: clipped_tokens_mean = the fraction of distilled tokens the clip changed, clipped_mean = clipped vocabulary
+# entries per token (element clip), teacher_entropy_mean / student_entropy_mean at the distilled positions
+STAT_METRICS = (
+    "distill/clipped_sum",
+    "distill/clipped_tokens_sum",
+    "distill/teacher_entropy_sum",
+    "distill/student_entropy_sum",
+)
+METRIC_KEYS = (
+    "loss/distill",
+    "distill/tokens",
+    "distill/positions",
+    "distill/div_sum",
+    "distill/interp_tokens",
+    *STAT_METRICS,
+)
 
 
 def _strip_thinking(text: str) -> str:
@@ -93,7 +112,8 @@ def distill_requests(
             (context "partial_solution"), or revealing the first ceil(rho n) tokens ("exposure_prefix").
         exposure_ratio: rho of context "exposure_prefix" (the exposure controller's current draw).
     Returns: (requests, stats) with stats "distill/targets", "distill/groups", "distill/prompt_weight_sum",
-        "distill/missing_solution".
+        "distill/missing_solution", "distill/loop_completions" (completions ending in a repetition loop, the failure
+        the element clip is reported to cause) and "distill/completions".
     """
     out: list[TeacherRequest | None] = []
     stats = {
@@ -101,7 +121,18 @@ def distill_requests(
         "distill/groups": 0.0,
         "distill/prompt_weight_sum": 0.0,
         "distill/missing_solution": 0.0,
+        "distill/loop_completions": float(sum(ends_in_loop(c.token_ids) for g in groups for c in g.completions)),
+        "distill/completions": float(sum(len(g.completions) for g in groups)),
     }
+    partner = (
+        cfg.interp_gamma > 0
+        and cfg.interp_partner == "full_solution_teacher"
+        and cfg.context
+        in (
+            "partial_solution",
+            "exposure_prefix",
+        )
+    )
     for g in groups:
         comps = g.completions
         correct = [c.correct for c in comps]
@@ -121,6 +152,10 @@ def distill_requests(
                     exclude_truncated=cfg.exclude_truncated_wrong,
                     num_wrong=cfg.num_wrong,
                 )
+                if sel is not None:
+                    witness, chosen = sel
+            elif cfg.select == "longest_minority":
+                sel = select_longest_minority(lengths, [c.answer_class for c in comps], num_wrong=cfg.num_wrong)
                 if sel is not None:
                     witness, chosen = sel
             elif cfg.context == "shortest_correct":
@@ -143,8 +178,8 @@ def distill_requests(
         counts: dict[int, tuple[TeacherContext, int]] = {}
         for i in chosen:
             c = comps[i]
-            if cfg.context in ("shortest_correct", "successful_sibling"):
-                text = comps[witness if cfg.context == "shortest_correct" else sibling[i]].text
+            if cfg.context in ("shortest_correct", "shortest_majority", "successful_sibling"):
+                text = comps[sibling[i] if cfg.context == "successful_sibling" else witness].text
                 ctx = TeacherContext("wrap", _strip_thinking(text) if cfg.witness_thinking == "strip" else text)
             elif cfg.context == "partial_solution":
                 assert cut_reference is not None, "context partial_solution needs cut_reference"
@@ -160,7 +195,7 @@ def distill_requests(
                 ctx = TeacherContext("wrap", solution)
             n = prefix_length(
                 len(c.token_ids),
-                mode=cfg.prefix if cfg.select == "longest_wrong" else "all",
+                mode=cfg.prefix if cfg.select in ("longest_wrong", "longest_minority") else "all",
                 witness_len=len(comps[witness].token_ids) if witness is not None else None,
                 cap=cfg.prefix_cap,
             )
@@ -170,11 +205,12 @@ def distill_requests(
             selected = {i: _selected_count(n, cfg) for i, (_, n) in counts.items()}
             total = sum(selected.values())
             scale = w if cfg.prompt_weight_norm == "batch_mean" else 1.0  # units prop. to w: sum w L / sum w
+            partner_ctx = TeacherContext("wrap", solution) if partner else None
             for i, (ctx, n) in counts.items():
                 if cfg.normalize == "prompt_mean":
-                    reqs[i] = TeacherRequest(ctx, w / total, n, scale / len(counts))
+                    reqs[i] = TeacherRequest(ctx, w / total, n, scale / len(counts), partner=partner_ctx)
                 else:
-                    reqs[i] = TeacherRequest(ctx, w, n, scale * selected[i])
+                    reqs[i] = TeacherRequest(ctx, w, n, scale * selected[i], partner=partner_ctx)
             stats["distill/targets"] += len(counts)
             stats["distill/groups"] += 1
             stats["distill/prompt_weight_sum"] += w
@@ -297,26 +333,39 @@ class DistillTerm:
         return list((keep.float() * (n_all / max(k_all, 1))).split(lengths))
 
     # ---- loss --------------------------------------------------------------------------------------------
-    def _per_token(self, S, T_, tokens, lengths, logp, old_logp) -> tuple[Tensor, Tensor]:
-        """(loss_BT, div_BT) of the configured divergence on [B, T, V] logits (any layout), IS clip included."""
+    def _per_token(self, S, T_, tokens, lengths, logp, old_logp) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """(loss_BT, div_BT, stats) of the configured divergence on [B, T, V] logits (any layout), clip and IS clip
+        included; stats: the per-position STAT_KEYS of `divergence_with_stats` (no grad)."""
         cfg, tau = self.cfg, self.temperature
-        if cfg.sampled_token:
-            ls = token_logprobs(S, tokens, temperature=tau, chunk_tokens=cfg.chunk_tokens)
+        stats: dict[str, Tensor] = {}
+        if cfg.sampled_token or self.divergence == "sg_topk_rkl":
+            if cfg.sampled_token:
+                ls = token_logprobs(S, tokens, temperature=tau, chunk_tokens=cfg.chunk_tokens)
+                with torch.no_grad():
+                    lt = token_logprobs(T_, tokens, temperature=tau, chunk_tokens=cfg.chunk_tokens)
+                per_tok, div = sampled_token_loss(ls, lt), (ls - lt).detach()  # log S - log T: a reverse-KL sample
+            else:
+                per_tok, div = sg_topk_reverse_kl(
+                    S,
+                    T_,
+                    topk=cfg.topk,
+                    index_from="student" if cfg.support == "student_topk" else "teacher",
+                    temperature=tau,
+                    lengths_B=lengths,
+                    chunk_tokens=cfg.chunk_tokens,
+                )
+            clipped = torch.zeros_like(div)
+            if cfg.clip_max is not None:  # token mode (the config refuses an element clip here)
+                clipped = (per_tok.detach() > cfg.clip_max).to(div.dtype)
+                per_tok = per_tok.clamp(max=cfg.clip_max)
             with torch.no_grad():
-                lt = token_logprobs(T_, tokens, temperature=tau, chunk_tokens=cfg.chunk_tokens)
-            per_tok, div = sampled_token_loss(ls, lt), (ls - lt).detach()  # log S - log T: a reverse-KL sample
-        elif self.divergence == "sg_topk_rkl":
-            per_tok, div = sg_topk_reverse_kl(
-                S,
-                T_,
-                topk=cfg.topk,
-                index_from="student" if cfg.support == "student_topk" else "teacher",
-                temperature=tau,
-                lengths_B=lengths,
-                chunk_tokens=cfg.chunk_tokens,
-            )
+                stats = {
+                    "clipped": clipped,
+                    "teacher_entropy": entropy_from_logits(T_, temperature=tau, chunk_tokens=cfg.chunk_tokens),
+                    "student_entropy": entropy_from_logits(S.detach(), temperature=tau, chunk_tokens=cfg.chunk_tokens),
+                }
         else:
-            per_tok = per_token_divergence(
+            per_tok, stats = divergence_with_stats(
                 S,
                 T_,
                 kind=self.divergence,
@@ -326,14 +375,26 @@ class DistillTerm:
                 topk=cfg.topk,
                 lengths_B=lengths,
                 chunk_tokens=cfg.chunk_tokens,
+                clip=cfg.clip_max,
+                clip_mode=cfg.clip_mode,
             )
-            if cfg.clip_max is not None:
-                per_tok = per_tok.clamp(max=cfg.clip_max)
             div = per_tok.detach()
         if cfg.is_clip is not None:
             ratio = torch.exp((logp - old_logp).detach().clamp(-20.0, 20.0)).clamp(max=cfg.is_clip)
             per_tok = per_tok * ratio
-        return per_tok, div
+        return per_tok, div, stats
+
+    @staticmethod
+    def _stat_metrics(stats: dict[str, Tensor], mask: Tensor) -> dict[str, Tensor]:
+        """Sums over the positions with loss of the divergence's per-position statistics (STAT_METRICS)."""
+        m = mask.to(torch.float32)
+        clipped = stats["clipped"].float()
+        return {
+            "distill/clipped_sum": (clipped * m).sum(),
+            "distill/clipped_tokens_sum": ((clipped > 0).float() * m).sum(),
+            "distill/teacher_entropy_sum": (stats["teacher_entropy"].float() * m).sum(),
+            "distill/student_entropy_sum": (stats["student_entropy"].float() * m).sum(),
+        }
 
     def _zero(self, mb: PolicyBatch) -> LossOut:
         """No distilled row here: keep the graph connected and the metric keys identical."""
@@ -358,11 +419,15 @@ class DistillTerm:
                 h_s = entropy_from_logits(S_DTV.detach(), temperature=tau, chunk_tokens=cfg.chunk_tokens)
                 em_DT = entropy_mismatch_mask(h_t, h_s, db.lengths_D, q=cfg.mismatch_q, sign=cfg.mismatch_sign)
             if cfg.interp_gamma > 0:
-                interpolate_teacher_logits_(T_DTV, S_DTV, em_DT, gamma=cfg.interp_gamma)
+                partner = S_DTV if cfg.interp_partner == "student" else db.partner_logits_DTV
+                assert partner is not None, "interp_partner=full_solution_teacher needs DistillBatch.partner_logits_DTV"
+                interpolate_teacher_logits_(T_DTV, partner, em_DT, gamma=cfg.interp_gamma)
                 n_interp = em_DT.sum().float()
             if cfg.select == "entropy_mismatch":
                 pos_DT = pos_DT & em_DT
-        per_tok_DT, div_DT = self._per_token(S_DTV, T_DTV, db.tokens_DT, db.lengths_D, db.logp_DT, db.old_logp_DT)
+        per_tok_DT, div_DT, stats = self._per_token(
+            S_DTV, T_DTV, db.tokens_DT, db.lengths_D, db.logp_DT, db.old_logp_DT
+        )
         w_DT = pos_DT.to(per_tok_DT.dtype) * db.weight_D[:, None].to(per_tok_DT.dtype)
         if db.token_weight_DT is not None:
             w_DT = w_DT * db.token_weight_DT.to(w_DT.dtype)
@@ -375,6 +440,7 @@ class DistillTerm:
                 "distill/positions": n_positions,
                 "distill/div_sum": (div_DT * mask_DT).sum(),
                 "distill/interp_tokens": n_interp,
+                **self._stat_metrics(stats, pos_DT),
             }
         return LossOut(self.coef * loss.float(), metrics)
 
@@ -387,7 +453,7 @@ class DistillTerm:
         S_1NV = db.student_logits_at(rows, cols)[None]
         T_1NV = db.teacher_logits_at(rows, cols)[None]
         n = torch.tensor([rows.numel()], device=rows.device)
-        per_tok_1N, div_1N = self._per_token(
+        per_tok_1N, div_1N, stats = self._per_token(
             S_1NV,
             T_1NV,
             db.tokens_DT[rows, cols][None],
@@ -404,5 +470,6 @@ class DistillTerm:
                 "distill/positions": n_positions,
                 "distill/div_sum": div_1N.sum(),
                 "distill/interp_tokens": torch.zeros((), device=rows.device),
+                **self._stat_metrics(stats, torch.ones_like(div_1N)),
             }
         return LossOut(self.coef * loss.float(), metrics)
