@@ -128,3 +128,15 @@ def test_checkpoint_views_final_best_per_benchmark_best_macro():
     assert v["best_per_benchmark"]["macro"] == pytest.approx(0.45)
     assert v["best_macro"]["step"] == 50 and v["best_macro"]["macro"] == pytest.approx(0.40)
     assert checkpoint_views([{"step": 1, "reward/mean": 0.0}]) is None
+
+
+def test_checkpoint_views_console_lines_are_labelled():
+    from sposd.evals.results import checkpoint_views, format_checkpoint_views
+
+    rows = [
+        {"step": 25, "eval/a/avg@k": 0.5, "eval/b/avg@k": 0.2},
+        {"step": 50, "eval/a/avg@k": 0.4, "eval/b/avg@k": 0.4},
+    ]
+    text = format_checkpoint_views(checkpoint_views(rows))
+    assert "final (last step)" in text and "best per benchmark (papers' convention)" in text
+    assert "best macro (one checkpoint)" in text and "a @ 25, b @ 50" in text and "macro 0.450" in text

@@ -173,3 +173,24 @@ def checkpoint_views(history: list[dict]) -> dict | None:
         "best_per_benchmark": {**best, "macro": sum(v["avg@k"] for v in best.values()) / max(len(best), 1)},
         "best_macro": macro_best,
     }
+
+
+def format_checkpoint_views(views: dict) -> str:
+    """The three readings of `checkpoint_views` as console lines, each labelled."""
+    benches = [b for b in views["best_per_benchmark"] if b != "macro"]
+
+    def row(name: str, vals: dict, steps: str) -> str:
+        cells = "  ".join(f"{b} {_fmt(vals.get(b))}" for b in [*benches, "macro"])
+        return f"  {name:<44} {cells}  ({steps})"
+
+    best = views["best_per_benchmark"]
+    per_bench = {b: best[b]["avg@k"] for b in benches} | {"macro": best["macro"]}
+    steps = ", ".join(f"{b} @ {best[b]['step']}" for b in benches)
+    return "\n".join(
+        [
+            "avg@k over checkpoints (spec 0.8):",
+            row("final (last step)", views["final"], f"step {views['final']['step']}"),
+            row("best per benchmark (papers' convention)", per_bench, steps),
+            row("best macro (one checkpoint)", views["best_macro"], f"step {views['best_macro']['step']}"),
+        ]
+    )
