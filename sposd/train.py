@@ -310,11 +310,11 @@ def train(
         wrapper=dcfg.wrapper,
         # the teacher context may hold a witness as long as a completion
         max_len=cfg.model.max_teacher_prompt_len or cfg.model.max_prompt_len + cfg.model.max_new_tokens,
-        reveal_min=dcfg.reveal_min,
-        reveal_direction=dcfg.reveal_direction,
-        overlap_metric=dcfg.overlap,
-        reveal_unit=dcfg.reveal_unit,
-        hidden_marker=dcfg.hidden_marker,
+        reveal_min=dcfg.partial.reveal_min,
+        reveal_direction=dcfg.partial.reveal_direction,
+        overlap_metric=dcfg.partial.overlap,
+        reveal_unit=dcfg.partial.unit,
+        hidden_marker=dcfg.partial.hidden_marker,
     )
     max_new = cfg.model.max_new_tokens
     sampling = SamplingCfg(

@@ -121,9 +121,9 @@ def test_family_presets_follow_the_spec():
     )
     assert (a["cepo"].clip_low, a["cepo"].clip_high, a["cepo"].distill.enabled) == (0.2, 0.28, False)
     at = a["atesd"].distill  # section 7
-    assert (at.context, at.exposure_window, at.exposure_discount, at.teacher) == ("exposure_prefix", 10, 0.9, "initial")
+    assert (at.context, at.exposure.window, at.exposure.discount, at.teacher) == ("exposure_prefix", 10, 0.9, "initial")
     ti = a["tip"].distill  # section 8
-    assert (ti.select, ti.tip_ratio, ti.divergence, ti.tip_h_quantile, ti.tip_j_quantile) == (
+    assert (ti.select, ti.tip.ratio, ti.divergence, ti.tip.h_quantile, ti.tip.j_quantile) == (
         "tip",
         0.5,
         "rkl",

@@ -47,6 +47,104 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 @dataclass(kw_only=True)
+class TipCfg:
+    """TIP's token sampling (select "tip"; spec section 8).
+
+    Attributes:
+        ratio, alpha, gamma: keep max(1, floor(ratio N)) of the batch's N distilled positions, drawn with probability
+            prop. to max(h, 1e-8)^alpha max(j, 1e-8)^gamma, h = H(S)/ln|V|, j = JSD_0.5(S, T)/ln 2, both times
+            scale (j over the teacher's top jsd_topk renormalised when > 0). Kept positions are weighted
+            N / (number kept), so the token mean is over kept positions.
+        region, h_quantile, j_quantile: "all" | "q3" (draw only among positions with h below its h_quantile and j
+            above its j_quantile, batch quantiles).
+    """
+
+    ratio: float = 0.5
+    alpha: float = 1.0
+    gamma: float = 0.0
+    region: str = "all"
+    h_quantile: float = 0.5
+    j_quantile: float = 0.8
+    jsd_topk: int = 0
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        t = "distill.tip."
+        if not 0 < self.ratio <= 1:
+            raise ValueError(f"algo.{t}ratio must be in (0, 1], got {self.ratio}")
+        _choice(t + "region", self.region, ("all", "q3"))
+        for key in ("h_quantile", "j_quantile"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"algo.{t}{key} must be in [0, 1], got {getattr(self, key)}")
+        _at_least(t + "jsd_topk", self.jsd_topk, 0)
+        if not self.scale > 0:
+            raise ValueError(f"algo.{t}scale must be > 0, got {self.scale}")
+
+
+@dataclass(kw_only=True)
+class ExposureCfg:
+    """ATESD's exposure controller (context "exposure_prefix"; spec section 7).
+
+    Attributes:
+        window, update_every, discount, lr, hidden, progress: rho ~ Beta(a, b), (a, b) = softplus(MLP(state)) + 1,
+            held for `window` steps; REINFORCE every `update_every` steps on the discounted learning progress of
+            each held decision ("accuracy": the change of rollout accuracy between windows; "neg_loss": the decrease
+            of the distillation loss); Adam at `lr`, an MLP of `hidden` units.
+    """
+
+    window: int = 10
+    update_every: int = 30
+    discount: float = 0.9
+    lr: float = 0.01
+    hidden: int = 16
+    progress: str = "accuracy"
+
+    def __post_init__(self) -> None:
+        e = "distill.exposure."
+        for key in ("window", "update_every", "hidden"):
+            _at_least(e + key, getattr(self, key), 1)
+        if self.update_every <= self.window:
+            raise ValueError(
+                "algo.distill.exposure.update_every must exceed exposure.window (a decision's progress is measured in "
+                f"the windows after it), got {self.update_every} <= {self.window}"
+            )
+        if not 0 <= self.discount <= 1:
+            raise ValueError(f"algo.{e}discount must be in [0, 1], got {self.discount}")
+        if not self.lr > 0:
+            raise ValueError(f"algo.{e}lr must be > 0, got {self.lr}")
+        _choice(e + "progress", self.progress, ("accuracy", "neg_loss"))
+
+
+@dataclass(kw_only=True)
+class PartialCfg:
+    """PAINT's partial reference (context "partial_solution"; spec section 15 and its 2026-12 box).
+
+    Attributes:
+        reveal_min, reveal_direction, overlap: reveal rho = clip(reveal_min + (1 - reveal_min) x) of the reference,
+            x = 1 - o ("more_when_far": more to a rollout far from the reference) or o ("more_when_close"),
+            o = overlap(rollout, reference): "anchor_recall" (the fraction of the reference's anchors, its last boxed
+            answer, formulas and numbers, found in the rollout) | "lcs_recall" | "unigram_recall" | "bigram_recall"
+            (on token ids).
+        unit: cut the reference by "tokens" or "lines".
+        hidden_marker: append a line saying the rest is hidden.
+    """
+
+    reveal_min: float = 0.25
+    reveal_direction: str = "more_when_far"
+    overlap: str = "anchor_recall"
+    unit: str = "tokens"
+    hidden_marker: bool = False
+
+    def __post_init__(self) -> None:
+        r = "distill.partial."
+        if not 0 <= self.reveal_min <= 1:
+            raise ValueError(f"algo.{r}reveal_min must be in [0, 1], got {self.reveal_min}")
+        _choice(r + "reveal_direction", self.reveal_direction, ("more_when_close", "more_when_far"))
+        _choice(r + "overlap", self.overlap, OVERLAPS)
+        _choice(r + "unit", self.unit, ("tokens", "lines"))
+
+
+@dataclass(kw_only=True)
 class DistillCfg:
     """The self-distillation term: teacher = the model (or a copy) shown privileged context, scored on the
     student's own tokens (spec/ALGORITHMS.md sections 0.3-0.4, 2, 14, 15). Every slot is a component any
@@ -112,23 +210,9 @@ class DistillCfg:
             | "token_mean" (over all selected tokens of the batch; OPSD's batchmean).
         token_weight: "none" | "teacher_entropy" (SRPO: w_t = exp(-H(T_t) / token_weight_tau), H on the
             divergence's support, normalised to mean 1 over the distilled tokens of the optimiser step's batch).
-        tip_ratio, tip_alpha, tip_gamma, tip_region, tip_h_quantile, tip_j_quantile, tip_jsd_topk, tip_scale: TIP:
-            keep max(1, floor(ratio N)) of the batch's N distilled positions, drawn with probability prop. to
-            max(h, 1e-8)^alpha max(j, 1e-8)^gamma, h = H(S)/ln|V|, j = JSD_0.5(S, T)/ln 2 (over the teacher's top
-            tip_jsd_topk renormalised when > 0), both times tip_scale; region "q3" draws only among positions with
-            h below its tip_h_quantile and j above its tip_j_quantile (batch quantiles). Kept positions are
-            weighted N / (number kept) so the token mean is over kept positions.
-        exposure_window, exposure_update_every, exposure_discount, exposure_lr, exposure_hidden,
-            exposure_progress: ATESD's controller: rho ~ Beta(a, b), (a, b) = softplus(MLP(state)) + 1, held for
-            exposure_window steps; REINFORCE every exposure_update_every steps on the discounted learning progress
-            of each held decision ("accuracy": the change of rollout accuracy between windows; "neg_loss": the
-            decrease of the distillation loss).
-        reveal_min, reveal_direction, overlap, reveal_unit, hidden_marker: PAINT's partial solution: reveal
-            rho = clip(reveal_min + (1 - reveal_min) o) of the reference, o = overlap(rollout, reference)
-            ("anchor_recall": the fraction of the reference's anchors (last boxed answer, formulas, numbers) found
-            in the rollout | "lcs_recall" | "unigram_recall" | "bigram_recall" on token ids); "more_when_far"
-            uses 1 - o (reveal more to a rollout far from the reference), "more_when_close" o; cut by "tokens" or
-            "lines"; hidden_marker appends a line saying the rest is hidden.
+        tip: TIP's token sampling (`TipCfg`, keys algo.distill.tip.*), used by select "tip".
+        exposure: ATESD's exposure controller (`ExposureCfg`, algo.distill.exposure.*), context "exposure_prefix".
+        partial: PAINT's partial reference (`PartialCfg`, algo.distill.partial.*), context "partial_solution".
         interp_gamma: PAINT's energy-space interpolation z* = (1-gamma) z_T + gamma sg(z_P) at the entropy-mismatch
             positions (0 = off).
         interp_partner: z_P: "student" (the student's logits) | "full_solution_teacher" (the teacher's logits under
@@ -175,25 +259,9 @@ class DistillCfg:
     normalize: str = "token_mean"
     token_weight: str = "none"
     token_weight_tau: float = 1.0
-    tip_ratio: float = 0.5
-    tip_alpha: float = 1.0
-    tip_gamma: float = 0.0
-    tip_region: str = "all"
-    tip_h_quantile: float = 0.5
-    tip_j_quantile: float = 0.8
-    tip_jsd_topk: int = 0
-    tip_scale: float = 1.0
-    exposure_window: int = 10
-    exposure_update_every: int = 30
-    exposure_discount: float = 0.9
-    exposure_lr: float = 0.01
-    exposure_hidden: int = 16
-    exposure_progress: str = "accuracy"
-    reveal_min: float = 0.25
-    reveal_direction: str = "more_when_far"
-    overlap: str = "anchor_recall"
-    reveal_unit: str = "tokens"
-    hidden_marker: bool = False
+    tip: TipCfg = field(default_factory=TipCfg)
+    exposure: ExposureCfg = field(default_factory=ExposureCfg)
+    partial: PartialCfg = field(default_factory=PartialCfg)
     interp_gamma: float = 0.0
     interp_partner: str = "full_solution_teacher"
     mismatch_q: float = 0.1
@@ -264,37 +332,12 @@ class DistillCfg:
         _choice(d + "token_weight", self.token_weight, TOKEN_WEIGHTS)
         if not self.token_weight_tau > 0:
             raise ValueError(f"algo.distill.token_weight_tau must be > 0, got {self.token_weight_tau}")
-        if not 0 < self.tip_ratio <= 1:
-            raise ValueError(f"algo.distill.tip_ratio must be in (0, 1], got {self.tip_ratio}")
-        _choice(d + "tip_region", self.tip_region, ("all", "q3"))
-        for key in ("tip_h_quantile", "tip_j_quantile"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise ValueError(f"algo.distill.{key} must be in [0, 1], got {getattr(self, key)}")
-        _at_least(d + "tip_jsd_topk", self.tip_jsd_topk, 0)
-        if not self.tip_scale > 0:
-            raise ValueError(f"algo.distill.tip_scale must be > 0, got {self.tip_scale}")
         if self.select == "tip" and self.token_weight != "none":
             raise ValueError(
                 "algo.distill.select=tip weights its kept tokens itself: set algo.distill.token_weight=none"
             )
         if self.select == "tip" and self.interp_gamma > 0:
             raise ValueError("algo.distill.select=tip does not combine with PAINT's interpolation (interp_gamma > 0)")
-        for key in ("exposure_window", "exposure_update_every", "exposure_hidden"):
-            _at_least(d + key, getattr(self, key), 1)
-        if self.exposure_update_every <= self.exposure_window:
-            raise ValueError(
-                "algo.distill.exposure_update_every must exceed exposure_window (a decision's progress is measured "
-                f"in the windows after it), got {self.exposure_update_every} <= {self.exposure_window}"
-            )
-        if not 0 <= self.exposure_discount <= 1:
-            raise ValueError(f"algo.distill.exposure_discount must be in [0, 1], got {self.exposure_discount}")
-        if not self.exposure_lr > 0:
-            raise ValueError(f"algo.distill.exposure_lr must be > 0, got {self.exposure_lr}")
-        _choice(d + "exposure_progress", self.exposure_progress, ("accuracy", "neg_loss"))
-        if not 0 <= self.reveal_min <= 1:
-            raise ValueError(f"algo.distill.reveal_min must be in [0, 1], got {self.reveal_min}")
-        _choice(d + "reveal_direction", self.reveal_direction, ("more_when_close", "more_when_far"))
-        _choice(d + "overlap", self.overlap, OVERLAPS)
         _choice(d + "interp_partner", self.interp_partner, INTERP_PARTNERS)
         _choice(d + "think_boundary", self.think_boundary, THINK_BOUNDARIES)
         _choice(d + "clip_mode", self.clip_mode, CLIP_MODES)
@@ -307,7 +350,6 @@ class DistillCfg:
                 "algo.distill.clip_mode=element clamps the per-vocabulary-entry terms of fkl / rkl / jsd: it does not "
                 "apply to sampled_token or sg_topk_rkl (use clip_mode=token)"
             )
-        _choice(d + "reveal_unit", self.reveal_unit, ("tokens", "lines"))
         if not 0 <= self.interp_gamma <= 1:
             raise ValueError(f"algo.distill.interp_gamma must be in [0, 1], got {self.interp_gamma}")
         if not 0 < self.mismatch_q <= 1:

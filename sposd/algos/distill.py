@@ -274,7 +274,7 @@ class DistillTerm:
             S_NV, T_NV = db.student_logits_at(r, c).detach(), db.teacher_logits_at(r, c)
             if cfg.select == "tip":
                 h, j = tip_token_stats(
-                    S_NV, T_NV, temperature=tau, jsd_topk=cfg.tip_jsd_topk, scale=cfg.tip_scale, chunk_tokens=len(r)
+                    S_NV, T_NV, temperature=tau, jsd_topk=cfg.tip.jsd_topk, scale=cfg.tip.scale, chunk_tokens=len(r)
                 )
                 parts.append(torch.stack([h, j], -1))
             else:
@@ -308,9 +308,9 @@ class DistillTerm:
             mean = float(entropy_token_weights(glob[:, 0], tau=tau).mean()) if glob.numel() else 1.0
             return list((entropy_token_weights(flat[:, 0], tau=tau) / max(mean, 1e-12)).split(lengths))
         h_max = j_min = None
-        if cfg.tip_region == "q3":
+        if cfg.tip.region == "q3":
             h_max, j_min = q3_thresholds(
-                glob[:, 0], glob[:, 1], h_quantile=cfg.tip_h_quantile, j_quantile=cfg.tip_j_quantile
+                glob[:, 0], glob[:, 1], h_quantile=cfg.tip.h_quantile, j_quantile=cfg.tip.j_quantile
             )
 
         def candidates(x: Tensor) -> Tensor | None:
@@ -319,15 +319,15 @@ class DistillTerm:
         n_all = sum(x.shape[0] for x in all_ranks)
         k_all = sum(
             tip_num_kept(
-                x.shape[0], ratio=cfg.tip_ratio, num_candidates=None if h_max is None else int(candidates(x).sum())
+                x.shape[0], ratio=cfg.tip.ratio, num_candidates=None if h_max is None else int(candidates(x).sum())
             )
             for x in all_ranks
         )
         if flat.shape[0] == 0:
             return [flat[:, 0] for _ in local]
         keep = tip_select(
-            tip_weights(flat[:, 0], flat[:, 1], alpha=cfg.tip_alpha, gamma=cfg.tip_gamma),
-            ratio=cfg.tip_ratio,
+            tip_weights(flat[:, 0], flat[:, 1], alpha=cfg.tip.alpha, gamma=cfg.tip.gamma),
+            ratio=cfg.tip.ratio,
             candidates_N=candidates(flat),
         )
         return list((keep.float() * (n_all / max(k_all, 1))).split(lengths))

@@ -32,7 +32,9 @@ def group_advantages(rewards_PG: Tensor, *, std_normalize: bool, eps: float = 1e
     return centred_PG / (std_P1 + eps) if std_normalize else centred_PG
 
 
-def ragged_group_advantages(rewards: Sequence[Sequence[float]], *, std_normalize: bool, eps: float = 1e-6) -> Tensor:
+def ragged_group_advantages(
+    rewards: Sequence[Sequence[float]], *, std_normalize: bool, eps: float = 1e-6
+) -> Tensor:
     """`group_advantages` for groups of different sizes, flattened in group order.
 
     Args:
@@ -41,7 +43,9 @@ def ragged_group_advantages(rewards: Sequence[Sequence[float]], *, std_normalize
     Returns: adv_B (float32) with B = total number of completions.
     """
     parts = [
-        group_advantages(torch.tensor([list(r)], dtype=torch.float32), std_normalize=std_normalize, eps=eps)[0]
+        group_advantages(torch.tensor([list(r)], dtype=torch.float32), std_normalize=std_normalize, eps=eps)[
+            0
+        ]
         for r in rewards
     ]
     return torch.cat(parts) if parts else torch.zeros(0)

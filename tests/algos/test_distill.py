@@ -9,7 +9,7 @@ import torch
 
 from sposd.algos import get_algo
 from sposd.algos.base import DistillBatch, Normalizer, PolicyBatch, TeacherContext
-from sposd.algos.config import AlgoCfg, DistillCfg
+from sposd.algos.config import AlgoCfg, DistillCfg, TipCfg
 from sposd.algos.distill import METRIC_KEYS, DistillTerm, distill_requests
 from sposd.algos.grpo import PolicyGradientTerm
 from sposd.ops.divergence import per_token_divergence, teacher_support_entropy
@@ -393,7 +393,7 @@ def _tip_batch(D=2, T=6, V=9, seed=0, lengths=(6, 4)):
 def test_tip_token_weights_keep_floor_ratio_n_and_have_mean_one():
     student, teacher, lengths = _tip_batch()
     mb = _batch(student, teacher, lengths=lengths.tolist(), weights=[1.0, 1.0])
-    term = DistillTerm(DistillCfg(**{**TIP, "tip_ratio": 0.5}))
+    term = DistillTerm(DistillCfg(**TIP, tip=TipCfg(ratio=0.5)))
     stats = term.token_stats(mb.distill)
     assert [s.shape for s in stats] == [(6, 2), (4, 2)]
     w = term.token_weights(stats, [stats])
@@ -409,7 +409,7 @@ def test_tip_token_weights_keep_floor_ratio_n_and_have_mean_one():
 def test_tip_q3_region_draws_only_low_entropy_high_divergence_positions():
     student, teacher, lengths = _tip_batch(seed=1)
     mb = _batch(student, teacher, lengths=lengths.tolist(), weights=[1.0, 1.0])
-    term = DistillTerm(DistillCfg(**{**TIP, "tip_ratio": 1.0, "tip_region": "q3"}))
+    term = DistillTerm(DistillCfg(**TIP, tip=TipCfg(ratio=1.0, region="q3")))
     stats = term.token_stats(mb.distill)
     flat = torch.cat(stats)
     h_max, j_min = float(torch.quantile(flat[:, 0].double(), 0.5)), float(torch.quantile(flat[:, 1].double(), 0.8))

@@ -79,7 +79,9 @@ def test_loss_is_rl_coef_surrogate_plus_kl_coef_k3(name):
         agg=cfg.loss_agg,
         **kw,
     ).loss + 0.05 * aggregate(kl_penalty_k3(logp, ref), mask, mode=cfg.loss_agg, **kw)
-    out = algo.loss(PolicyBatch(logp_BT=logp, old_logp_BT=old, mask_BT=mask, adv_B=adv, ref_logp_BT=ref), norm)
+    out = algo.loss(
+        PolicyBatch(logp_BT=logp, old_logp_BT=old, mask_BT=mask, adv_B=adv, ref_logp_BT=ref), norm
+    )
     torch.testing.assert_close(out.loss, expected)
 
 
@@ -91,7 +93,9 @@ def test_on_policy_gradient_is_reinforce_per_preset(name):
     logp = torch.randn(2, 4, requires_grad=True)
     mask, adv = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]]), torch.tensor([2.0, -1.0])
     norm = Normalizer(num_tokens=5, num_seqs=2, max_len=8)
-    algo.loss(PolicyBatch(logp_BT=logp, old_logp_BT=logp.detach(), mask_BT=mask, adv_B=adv), norm).loss.backward()
+    algo.loss(
+        PolicyBatch(logp_BT=logp, old_logp_BT=logp.detach(), mask_BT=mask, adv_B=adv), norm
+    ).loss.backward()
     w = {
         "token-mean": torch.full((2, 1), 1 / 5),
         "seq-mean-token-mean": torch.tensor([[1 / 8], [1 / 2]]),
