@@ -295,7 +295,7 @@ def train(
         [f"algo.distill.context={dcfg.context}"] if dcfg.enabled and dcfg.context in REFERENCE_CONTEXTS else []
     )
     needs_solution += (
-        [f"algo.adv_mod.context={mcfg.context}"] if mcfg.scores and mcfg.context == "reference_solution" else []
+        [f"algo.adv_mod.context={mcfg.context}"] if mcfg.needs_solution else []
     )
     if needs_solution and not any(r.get("solution") for r in train_records):
         raise UserError(

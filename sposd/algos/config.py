@@ -4,26 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sposd.algos.adv_mod import ADV_MODIFIERS
+from sposd.algos.adv_mod import SCORE_CONTEXTS as SCORE_CONTEXT_BUILDERS
+from sposd.algos.distill.contexts import TEACHER_CONTEXTS
+from sposd.algos.distill.selections import TOKEN_SELECTIONS, TOKEN_WEIGHTINGS
 from sposd.ops.aggregation import AGG_MODES
 
-CONTEXTS = (
-    "none",
-    "reference_solution",
-    "shortest_correct",
-    "partial_solution",
-    "exposure_prefix",
-    "successful_sibling",
-    "reviser",
-    "concise_instruction",
-    "shortest_majority",
-)
+# the registered components (sposd/algos/distill/): each config value is a class, validated against the registry
+CONTEXTS = ("none", *TEACHER_CONTEXTS)
 # contexts that need the dataset's reference solution
-REFERENCE_CONTEXTS = ("reference_solution", "partial_solution", "exposure_prefix")
+REFERENCE_CONTEXTS = tuple(n for n, c in TEACHER_CONTEXTS.items() if c.needs_solution)
 TEACHER_WEIGHTS = ("current", "initial", "ema", "periodic")
-SELECTIONS = ("all", "longest_wrong", "entropy_mismatch", "failed_only", "tip", "longest_minority")
-# contexts / selections that compare completions within a group (need group_size >= 2)
-GROUP_CONTEXTS = ("shortest_correct", "successful_sibling", "shortest_majority")
-GROUP_SELECTIONS = ("longest_wrong", "longest_minority")
+SELECTIONS = tuple(TOKEN_SELECTIONS)
 CLIP_MODES = ("token", "element")
 THINK_BOUNDARIES = ("none", "open_think")
 INTERP_PARTNERS = ("student", "full_solution_teacher")
@@ -36,9 +28,9 @@ DISTILL_NORMS = ("prompt_mean", "token_mean")
 MISMATCH_SIGNS = ("abs", "teacher_sharper", "student_sharper")
 STUDENT_PROMPTS = ("chat_template", "stripped_template")
 WRAPPERS = ("opsd", "opsd_v3", "sdpo", "sdpo_exact")
-TOKEN_WEIGHTS = ("none", "teacher_entropy")
-ADV_MODS = ("none", "cepo", "ace", "gopd")
-SCORE_CONTEXTS = ("answer_contrast", "reference_solution")
+TOKEN_WEIGHTS = tuple(TOKEN_WEIGHTINGS)
+ADV_MODS = tuple(ADV_MODIFIERS)
+SCORE_CONTEXTS = tuple(SCORE_CONTEXT_BUILDERS)
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -332,12 +324,15 @@ class DistillCfg:
         _choice(d + "token_weight", self.token_weight, TOKEN_WEIGHTS)
         if not self.token_weight_tau > 0:
             raise ValueError(f"algo.distill.token_weight_tau must be > 0, got {self.token_weight_tau}")
-        if self.select == "tip" and self.token_weight != "none":
+        sparse = TOKEN_SELECTIONS[self.select].prepass is not None  # TIP: a pre-pass keeps some positions
+        if sparse and self.token_weight != "none":
             raise ValueError(
-                "algo.distill.select=tip weights its kept tokens itself: set algo.distill.token_weight=none"
+                f"algo.distill.select={self.select} weights its kept tokens itself: set algo.distill.token_weight=none"
             )
-        if self.select == "tip" and self.interp_gamma > 0:
-            raise ValueError("algo.distill.select=tip does not combine with PAINT's interpolation (interp_gamma > 0)")
+        if sparse and self.interp_gamma > 0:
+            raise ValueError(
+                f"algo.distill.select={self.select} does not combine with PAINT's interpolation (interp_gamma > 0)"
+            )
         _choice(d + "interp_partner", self.interp_partner, INTERP_PARTNERS)
         _choice(d + "think_boundary", self.think_boundary, THINK_BOUNDARIES)
         _choice(d + "clip_mode", self.clip_mode, CLIP_MODES)
@@ -356,12 +351,6 @@ class DistillCfg:
             raise ValueError(f"algo.distill.mismatch_q must be in (0, 1], got {self.mismatch_q}")
         _choice(d + "mismatch_sign", self.mismatch_sign, MISMATCH_SIGNS)
         _at_least(d + "chunk_tokens", self.chunk_tokens, 1)
-        if (self.context == "shortest_majority") != (self.select == "longest_minority"):
-            raise ValueError(
-                "algo.distill.context=shortest_majority and select=longest_minority go together (U-OPSD: the "
-                f"majority's shortest completion teaches the longest dissenting one), got context={self.context}, "
-                f"select={self.select}"
-            )
         if self.enabled and self.context == "none":
             raise ValueError(
                 "algo.distill.coef > 0 needs a teacher context: set algo.distill.context to one of "
@@ -405,27 +394,29 @@ class AdvModCfg:
     @property
     def scores(self) -> bool:
         """Whether this modifier needs teacher log-probs of the sampled tokens (a scoring pass)."""
-        return self.kind in ("cepo", "gopd")
+        return self.num_contexts > 0
 
     @property
     def num_contexts(self) -> int:
         """Teacher contexts scored per completion."""
-        return {"cepo": 2, "gopd": 1}.get(self.kind, 0)
+        cls = ADV_MODIFIERS[self.kind]
+        return 0 if cls is None else cls.num_contexts
+
+    @property
+    def needs_solution(self) -> bool:
+        """Whether its scoring context is built from the dataset's reference solution."""
+        return self.scores and SCORE_CONTEXT_BUILDERS[self.context][1]
 
     def __post_init__(self) -> None:
         a = "adv_mod."
         _choice(a + "kind", self.kind, ADV_MODS)
         _choice(a + "teacher", self.teacher, ("current", "initial"))
         _choice(a + "context", self.context, SCORE_CONTEXTS)
-        if self.kind == "cepo" and self.context != "answer_contrast":
+        want = getattr(ADV_MODIFIERS[self.kind], "score_context", None)
+        if want is not None and self.context != want:
             raise ValueError(
-                f"algo.adv_mod.kind=cepo scores two answer contexts: set algo.adv_mod.context=answer_contrast"
-                f" (got {self.context})"
-            )
-        if self.kind == "gopd" and self.context != "reference_solution":
-            raise ValueError(
-                f"algo.adv_mod.kind=gopd scores one privileged context: set "
-                f"algo.adv_mod.context=reference_solution (got {self.context})"
+                f"algo.adv_mod.kind={self.kind} scores {ADV_MODIFIERS[self.kind].num_contexts} context(s) of kind "
+                f"{want}: set algo.adv_mod.context={want} (got {self.context})"
             )
         if not 0 <= self.cepo_lambda <= 1:
             raise ValueError(f"algo.adv_mod.cepo_lambda must be in [0, 1], got {self.cepo_lambda}")
@@ -547,7 +538,8 @@ class AlgoCfg:
         if self.rl_coef == 0 and not self.distill.enabled:
             raise ValueError("algo.rl_coef = 0 and algo.distill.coef = 0: the loss would be empty")
         dist = self.distill
-        if dist.enabled and self.group_size < 2 and (dist.context in GROUP_CONTEXTS or dist.select in GROUP_SELECTIONS):
+        compares = dist.context != "none" and TEACHER_CONTEXTS[dist.context].compares_group
+        if dist.enabled and self.group_size < 2 and (compares or TOKEN_SELECTIONS[dist.select].compares_group):
             raise ValueError(
                 f"algo.distill.context={dist.context} / select={dist.select} compare completions within a group: "
                 f"they need algo.group_size >= 2, got {self.group_size}"

@@ -84,3 +84,13 @@ def test_ends_in_loop():
     assert not ends_in_loop(list(range(40)))
     assert ends_in_loop([5] * 16) and not ends_in_loop([5] * 15)
     assert ends_in_loop([9, 9] + [1, 2, 3, 4] * 4)  # period 4, 4 copies
+
+
+def test_majority_context_with_another_selection():
+    # context shortest_majority with select all: the majority's shortest (#2) teaches every other completion
+    g = _group(["A" * 6, "B" * 9, "A" * 3, "A" * 4])
+    for c, cls in zip(g.completions, [0, 1, 0, 0], strict=True):
+        c.answer_class = cls
+    reqs, _ = distill_requests([g], DistillCfg(**{**UOPSD, "select": "all"}))
+    assert [r is not None for r in reqs] == [True, True, False, True]
+    assert {r.context.text for r in reqs if r is not None} == {"AAA"}

@@ -83,7 +83,10 @@ def test_opsd_v3_teacher_message_and_think_boundary():
 def test_bad_keys_fail_in_one_line():
     with pytest.raises(ValueError, match="algo.distill.clip_mode='vocab' is not valid"):
         _compose("algo=opsd", "algo.distill.clip_mode=vocab")
-    with pytest.raises(ValueError, match="shortest_majority and select=longest_minority go together"):
-        _compose("algo=uopsd", "algo.distill.select=all")
+    with pytest.raises(ValueError, match=r"algo.distill.select='longest_wrongg' is not valid; choose from \[.*tip"):
+        _compose("algo=uopsd", "algo.distill.select=longest_wrongg")
+    with pytest.raises(Exception, match="Could not override 'algo.distill.tip_ratio'"):  # a removed (nested) key
+        _compose("algo=tip", "algo.distill.tip_ratio=0.3")
+    assert _compose("algo=tip", "algo.distill.tip.ratio=0.3").algo.distill.tip.ratio == 0.3
     with pytest.raises(ValueError, match="clip_mode=element clamps"):
         _compose("algo=opsd_sgtopk", "algo.distill.clip_max=0.1", "algo.distill.clip_mode=element")
