@@ -281,7 +281,11 @@ def train(
     # benchmarks of train.eval.every (loaded now, so a bad path fails before training); their budget sizes the engine
     periodic_eval = TrainingEval(cfg, tokenizer, run_dir, model_path=model_path, rank=rank, world=world)
 
-    student_thinking = cfg.model.enable_thinking if cfg.algo.student_thinking is None else cfg.algo.student_thinking
+    # a recipe's thinking split applies to a thinking model (model.enable_thinking); a model without one ignores it
+    thinking_model, dcfg = cfg.model.enable_thinking, cfg.algo.distill
+    st = cfg.algo.student_thinking
+    student_thinking = thinking_model if st is None else st and thinking_model
+    teacher_thinking = student_thinking if dcfg.teacher_thinking is None else dcfg.teacher_thinking and thinking_model
 
     def to_prompt(rec: dict):
         prompt = make_prompt(rec, tokenizer, instruction=cfg.data.instruction, enable_thinking=student_thinking)
@@ -305,8 +309,8 @@ def train(
     teacher_prompts = TeacherPrompts(
         tokenizer,
         instruction=cfg.data.instruction,
-        enable_thinking=student_thinking if dcfg.teacher_thinking is None else dcfg.teacher_thinking,
-        open_think=dcfg.think_boundary == "open_think" and dcfg.teacher_thinking is True and not student_thinking,
+        enable_thinking=teacher_thinking,
+        open_think=dcfg.think_boundary == "open_think" and teacher_thinking and not student_thinking,
         wrapper=dcfg.wrapper,
         # the teacher context may hold a witness as long as a completion
         max_len=cfg.model.max_teacher_prompt_len or cfg.model.max_prompt_len + cfg.model.max_new_tokens,

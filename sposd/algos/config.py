@@ -161,7 +161,8 @@ class DistillCfg:
             verbatim: "{student's user message}\nCorrect solution:\n\n{text}\n\nCorrectly solve the original
             question."). Contexts "reviser" and "concise_instruction" have their own fixed messages.
         witness_thinking: "keep" the witness's <think> part or "strip" it (SDPO strips).
-        teacher_thinking: the chat template's thinking switch for the teacher context; null = as the student.
+        teacher_thinking: the chat template's thinking switch for the teacher context; null = as the student (a
+            model without thinking, model.enable_thinking false, ignores both switches).
             OPSD-v3: a non-thinking student (algo.student_thinking false) scored by a thinking teacher.
         think_boundary: "none" | "open_think": when the teacher thinks and the student does not, append "<think>\n"
             to the teacher context, so the student's answer tokens are scored as the start of the teacher's thinking

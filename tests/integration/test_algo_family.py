@@ -37,6 +37,7 @@ METHODS = {
     "gopd": G1,
     "sdzero": G1,
     "opsd_sgtopk": G1,
+    "uopsd": G8,
 }
 
 
