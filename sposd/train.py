@@ -265,7 +265,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     from sposd.algos.config import recipe_warnings
 
-    warnings_ = recipe_warnings(cfg.algo, model_path=cfg.model.path, lr=cfg.optim.lr)
+    warnings_ = recipe_warnings(cfg.algo, model_path=cfg.model.path, lr=cfg.optim.lr, model_name=cfg.model.name)
     if is_main:
         for line in warnings_:
             print(f"WARNING: {line}", flush=True)
