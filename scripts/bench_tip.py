@@ -88,7 +88,7 @@ def measure(args) -> dict:
     import torch
 
     from sposd.algos import get_algo
-    from sposd.algos.config import AlgoCfg, DistillCfg
+    from sposd.algos.config import AlgoCfg, DistillCfg, TipCfg
     from sposd.learner.engine import DeepSpeedLearner
 
     if args.threads:
@@ -109,7 +109,7 @@ def measure(args) -> dict:
             group_size=1,
             rl_coef=0.0,
             dual_clip_c=None,
-            distill=DistillCfg(**d, select="tip", tip_ratio=float(args._ratio)),
+            distill=DistillCfg(**d, select="tip", tip=TipCfg(ratio=float(args._ratio))),
         )
     optim = type(
         "Optim",

@@ -145,6 +145,10 @@ def _print_summary(summary: dict) -> None:
             f"eval macro avg@{ev['k']}  last (step {ev['last']['step']}): {ev['last'][key]:.3f}   "
             f"best (step {ev['best']['step']}): {ev['best'][key]:.3f}"
         )
+        if ev.get("checkpoints"):
+            from sposd.evals.results import format_checkpoint_views
+
+            print(format_checkpoint_views(ev["checkpoints"]))
     if "final" in summary:
         print(f"final model (HF format): {summary['final']}")
 

@@ -447,7 +447,10 @@ class TrainingEval:
         return {**metrics, "time/eval_s": time.perf_counter() - t0}
 
     def report(self) -> dict | None:
-        """summary.json's `eval`: the last and the best evaluation (by macro Avg@k; the earliest on ties)."""
+        """summary.json's `eval`: the last and the best evaluation (by macro Avg@k; the earliest on ties), and the
+        three readings of spec 0.8 (`checkpoint_views`)."""
+        from sposd.evals.results import checkpoint_views
+
         if not self.history:
             return None
         key = "eval/macro/avg@k"
@@ -458,6 +461,7 @@ class TrainingEval:
             "selected_by": f"{key} (unweighted mean of avg@k over the benchmarks)",
             "last": self.history[-1],
             "best": best,
+            "checkpoints": checkpoint_views(self.history),  # final / best per benchmark / best macro (spec 0.8)
             "results": f"eval/step_<N>/{RESULTS}",
         }
 

@@ -257,10 +257,17 @@ def train(
     random.seed(cfg.seed + rank)
     torch.manual_seed(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
+    from sposd.algos.config import recipe_warnings
+
+    warnings_ = recipe_warnings(cfg.algo, model_path=cfg.model.path, lr=cfg.optim.lr, model_name=cfg.model.name)
+    if is_main:
+        for line in warnings_:
+            print(f"WARNING: {line}", flush=True)
     if is_main and resolved_config is not None:
         import yaml
 
-        write_atomic(run_dir / "config.yaml", yaml.safe_dump(redact_secrets(resolved_config), sort_keys=False))
+        head = "".join(f"# WARNING: {line}\n" for line in warnings_)
+        write_atomic(run_dir / "config.yaml", head + yaml.safe_dump(redact_secrets(resolved_config), sort_keys=False))
 
     model_path = resolve_model_path(cfg.model, data=cfg.data, cache_dir=cfg.cache_dir, rank=rank)
     tokenizer = load_tokenizer(model_path, cfg.model)
@@ -268,10 +275,14 @@ def train(
     # benchmarks of train.eval.every (loaded now, so a bad path fails before training); their budget sizes the engine
     periodic_eval = TrainingEval(cfg, tokenizer, run_dir, model_path=model_path, rank=rank, world=world)
 
+    # a recipe's thinking split applies to a thinking model (model.enable_thinking); a model without one ignores it
+    thinking_model, dcfg = cfg.model.enable_thinking, cfg.algo.distill
+    st = cfg.algo.student_thinking
+    student_thinking = thinking_model if st is None else st and thinking_model
+    teacher_thinking = student_thinking if dcfg.teacher_thinking is None else dcfg.teacher_thinking and thinking_model
+
     def to_prompt(rec: dict):
-        prompt = make_prompt(
-            rec, tokenizer, instruction=cfg.data.instruction, enable_thinking=cfg.model.enable_thinking
-        )
+        prompt = make_prompt(rec, tokenizer, instruction=cfg.data.instruction, enable_thinking=student_thinking)
         if cfg.algo.student_prompt == "stripped_template":
             prompt.prompt_ids = stripped_template_ids(tokenizer, prompt.prompt_ids)
         return prompt
@@ -282,7 +293,7 @@ def train(
         [f"algo.distill.context={dcfg.context}"] if dcfg.enabled and dcfg.context in REFERENCE_CONTEXTS else []
     )
     needs_solution += (
-        [f"algo.adv_mod.context={mcfg.context}"] if mcfg.scores and mcfg.context == "reference_solution" else []
+        [f"algo.adv_mod.context={mcfg.context}"] if mcfg.needs_solution else []
     )
     if needs_solution and not any(r.get("solution") for r in train_records):
         raise UserError(
@@ -292,17 +303,18 @@ def train(
     teacher_prompts = TeacherPrompts(
         tokenizer,
         instruction=cfg.data.instruction,
-        enable_thinking=cfg.model.enable_thinking,
+        enable_thinking=teacher_thinking,
+        open_think=dcfg.think_boundary == "open_think" and teacher_thinking and not student_thinking,
         wrapper=dcfg.wrapper,
         # the teacher context may hold a witness as long as a completion
         max_len=cfg.model.max_teacher_prompt_len or cfg.model.max_prompt_len + cfg.model.max_new_tokens,
         # [context | completion] must stay within the model's positions (refused and counted as too long otherwise)
         max_positions=context_length(model_path, trust_remote_code=cfg.model.trust_remote_code),
-        reveal_min=dcfg.reveal_min,
-        reveal_direction=dcfg.reveal_direction,
-        overlap_metric=dcfg.overlap,
-        reveal_unit=dcfg.reveal_unit,
-        hidden_marker=dcfg.hidden_marker,
+        reveal_min=dcfg.partial.reveal_min,
+        reveal_direction=dcfg.partial.reveal_direction,
+        overlap_metric=dcfg.partial.overlap,
+        reveal_unit=dcfg.partial.unit,
+        hidden_marker=dcfg.partial.hidden_marker,
     )
     max_new = cfg.model.max_new_tokens
     sampling = SamplingCfg(
@@ -388,6 +400,10 @@ def train(
                 )
                 tv = time.perf_counter()
                 grade(groups, verifier)  # 2. verify
+                if algo.needs_answer_classes:  # majority voting (U-OPSD): which answers agree
+                    from sposd.algos.majority import label_answer_classes
+
+                    label_answer_classes(groups, verifier.grade)
                 t_verify += time.perf_counter() - tv
                 algo.shape_rewards(groups, max_new_tokens=max_new)
                 all_groups += groups
@@ -418,6 +434,10 @@ def train(
                     else:
                         s.teacher_prompt_ids, s.distill_weight = ids, req.weight
                         s.distill_len, s.distill_units = req.num_positions, req.units
+                        if req.partner is not None:  # a too-long partner context: the teacher's own again
+                            s.partner_prompt_ids = teacher_prompts.render_context(
+                                g.prompt, req.partner, completion_len=len(c.token_ids)
+                            )
                 if algo.num_score_contexts:  # a context that is missing or too long: the student's own prompt
                     ids = (
                         [teacher_prompts.render_context(g.prompt, x, completion_len=len(c.token_ids)) for x in ctxs]
@@ -589,9 +609,13 @@ def _distill_metrics(stats: dict[str, float], too_long: int, teacher_prompts, le
     groups = out.pop("distill/groups", 0.0)
     out["distill/prompt_weight_mean"] = out.pop("distill/prompt_weight_sum", 0.0) / max(groups, 1.0)
     out["distill/groups"] = groups
+    loops, n = out.pop("distill/loop_completions", 0.0), out.pop("distill/completions", 0.0)
+    out["distill/loop_rate"] = loops / max(n, 1.0)  # completions ending in a repetition loop
     tokens = learn_m.get("distill/tokens", 0.0)
-    if tokens:
-        out["distill/div_mean"] = learn_m.get("distill/div_sum", 0.0) / tokens
+    if tokens:  # per distilled token: div_mean, clipped(_tokens)_mean, teacher / student_entropy_mean
+        for key, value in learn_m.items():
+            if key.startswith("distill/") and key.endswith("_sum"):
+                out[key.removesuffix("_sum") + "_mean"] = value / tokens
     return out
 
 

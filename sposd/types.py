@@ -38,6 +38,8 @@ class Completion:
         finish_reason: "stop" (EOS or a stop string) or "length" (hit max_new_tokens).
         reward: verifier reward, filled in after generation (plus any shaping).
         correct: the verifier's binary verdict (reward before shaping), filled in after generation.
+        answer_class: completions of a group whose extracted answers are equivalent share this id (None: no
+            answer); filled in only for algorithms that vote (U-OPSD's majority, `sposd.algos.majority`).
     """
 
     token_ids: list[int]
@@ -46,6 +48,7 @@ class Completion:
     finish_reason: str = "stop"
     reward: float = 0.0
     correct: bool = False
+    answer_class: int | None = None
 
     @property
     def truncated(self) -> bool:

@@ -56,7 +56,8 @@ def test_algo_presets_differ_as_the_papers_say():
 
 def test_distillation_presets_follow_the_spec():
     ss, op, pa = (_compose(f"algo={n}").algo for n in ("ssopd", "opsd", "paint"))
-    # SSOPD: GRPO + lambda 1 frontier-weighted JSD(0.5) from the shortest correct into the longest wrong
+    # SSOPD: GRPO + lambda 1 frontier-weighted forward KL with OPSD-v3's element clip 0.05 from the shortest
+    # correct into the longest wrong
     assert (ss.rl_coef, ss.group_size, ss.clip_high, ss.loss_agg) == (1.0, 8, 0.28, "token-mean")
     d = ss.distill
     assert (d.coef, d.context, d.select, d.teacher, d.prompt_weight, d.normalize) == (
@@ -67,7 +68,7 @@ def test_distillation_presets_follow_the_spec():
         "frontier",
         "prompt_mean",
     )
-    assert (d.divergence, d.beta, d.support) == ("jsd", 0.5, "full")
+    assert (d.divergence, d.support, d.clip_max, d.clip_mode) == ("fkl", "full", 0.05, "element")
     # OPSD: pure distillation, one rollout, fixed initial teacher, reference solution, token mean
     assert (op.rl_coef, op.group_size, op.distill.context, op.distill.teacher) == (
         0.0,
@@ -120,9 +121,9 @@ def test_family_presets_follow_the_spec():
     )
     assert (a["cepo"].clip_low, a["cepo"].clip_high, a["cepo"].distill.enabled) == (0.2, 0.28, False)
     at = a["atesd"].distill  # section 7
-    assert (at.context, at.exposure_window, at.exposure_discount, at.teacher) == ("exposure_prefix", 10, 0.9, "initial")
+    assert (at.context, at.exposure.window, at.exposure.discount, at.teacher) == ("exposure_prefix", 10, 0.9, "initial")
     ti = a["tip"].distill  # section 8
-    assert (ti.select, ti.tip_ratio, ti.divergence, ti.tip_h_quantile, ti.tip_j_quantile) == (
+    assert (ti.select, ti.tip.ratio, ti.divergence, ti.tip.h_quantile, ti.tip.j_quantile) == (
         "tip",
         0.5,
         "rkl",

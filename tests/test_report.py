@@ -110,3 +110,33 @@ def test_label_comes_from_the_sweep_overrides_when_hydra_wrote_them(sweep):
         (d / ".hydra").mkdir()
         (d / ".hydra" / "overrides.yaml").write_text(y.safe_dump([algo, seed, "num_steps=3", "hydra.x=1"]))
     assert list(report(sweep)["summary"]["points"]) == ["algo=grpo", "algo=ssopd"]
+
+
+def test_checkpoint_views_final_best_per_benchmark_best_macro():
+    from sposd.evals.results import checkpoint_views
+
+    rows = [
+        {"step": 25, "eval/a/avg@k": 0.50, "eval/b/avg@k": 0.20, "eval/macro/avg@k": 0.35},
+        {"step": 50, "eval/a/avg@k": 0.40, "eval/b/avg@k": 0.40, "eval/macro/avg@k": 0.40},
+        {"step": 75, "eval/a/avg@k": 0.45, "eval/b/avg@k": 0.25, "eval/macro/avg@k": 0.35},
+        {"step": 76, "reward/mean": 1.0},
+    ]
+    v = checkpoint_views(rows)
+    assert v["final"]["step"] == 75 and v["final"]["macro"] == pytest.approx(0.35)
+    # per benchmark: a best at step 25 (0.50), b at step 50 (0.40): (0.50 + 0.40) / 2 = 0.45 > any one checkpoint
+    assert v["best_per_benchmark"]["a"] == {"avg@k": 0.50, "step": 25}
+    assert v["best_per_benchmark"]["macro"] == pytest.approx(0.45)
+    assert v["best_macro"]["step"] == 50 and v["best_macro"]["macro"] == pytest.approx(0.40)
+    assert checkpoint_views([{"step": 1, "reward/mean": 0.0}]) is None
+
+
+def test_checkpoint_views_console_lines_are_labelled():
+    from sposd.evals.results import checkpoint_views, format_checkpoint_views
+
+    rows = [
+        {"step": 25, "eval/a/avg@k": 0.5, "eval/b/avg@k": 0.2},
+        {"step": 50, "eval/a/avg@k": 0.4, "eval/b/avg@k": 0.4},
+    ]
+    text = format_checkpoint_views(checkpoint_views(rows))
+    assert "final (last step)" in text and "best per benchmark (papers' convention)" in text
+    assert "best macro (one checkpoint)" in text and "a @ 25, b @ 50" in text and "macro 0.450" in text

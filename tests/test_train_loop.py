@@ -205,3 +205,47 @@ def test_cepo_scoring_contexts_splice_the_answers_after_the_student_prompt(tiny_
         assert tok.decode(neg) == " x" and tok.decode(pos) != " x"
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert row["score/fallback"] == 0 and row["adv_mod/lambda"] == 0.5
+
+
+def test_uopsd_majority_teaches_the_dissenter_without_rewards(tiny_model_dir, tok, tmp_path):
+    # completions 0-2 answer the same, 3 answers "x": the majority's shortest (#0, equal lengths) teaches #3
+    cfg = _cfg(
+        f"model.path={tiny_model_dir}",
+        "algo=uopsd",
+        "num_steps=1",
+        "prompts_per_step=2",
+        "algo.group_size=4",
+        "heldout_eval=false",
+    )
+    learner = RecordingLearner()
+    train(cfg, tmp_path, engine=ScriptedEngine(_answer_script(3), lambda s: tok(s)["input_ids"]), learner=learner)
+    batch = learner.batches[0]
+    assert [s.teacher_prompt_ids is not None for s in batch] == [False, False, False, True] * 2
+    assert tok.decode(batch[0].completion_ids) in tok.decode(batch[3].teacher_prompt_ids)
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["distill/targets"] == 2 and row["distill/loop_rate"] == 0.0
+
+
+def test_paint_partner_is_the_full_solution_and_warnings_reach_config_yaml(tiny_model_dir, tok, tmp_path):
+    cfg = _cfg(
+        f"model.path={tiny_model_dir}",
+        "model.name=toy-copy",
+        "algo=paint",
+        "num_steps=1",
+        "prompts_per_step=2",
+        "heldout_eval=false",
+    )
+    learner = RecordingLearner()
+    train(
+        cfg,
+        tmp_path,
+        engine=ScriptedEngine(_answer_script(0), lambda s: tok(s)["input_ids"]),
+        learner=learner,
+        resolved_config={"algo": {"name": "paint"}},
+    )
+    for s in learner.batches[0]:
+        full, cut = tok.decode(s.partner_prompt_ids), tok.decode(s.teacher_prompt_ids)
+        assert len(full) >= len(cut) and "Here is a reference solution" in full
+    head = (tmp_path / "config.yaml").read_text().splitlines()[:2]
+    assert head[0].startswith("# WARNING: optim.lr=0.0001 is above 1e-05 for a real model")
+    assert "LoRA" not in head[1]  # PAINT declares no adapter

@@ -14,14 +14,20 @@ Legend: B rows of a micro-batch, T completion tokens, K scoring contexts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from sposd.algos.base import Normalizer, PolicyBatch, TeacherContext
-from sposd.algos.config import AdvModCfg
+from sposd.algos.distill.contexts import TeacherContext
 from sposd.algos.schedule import coef_at
 from sposd.ops.advantage_mods import ace_advantages, cepo_token_factors, confidence_shift, gopd_advantages
 from sposd.types import RolloutGroup
+
+if TYPE_CHECKING:  # the config and the batch contracts import this module's registries
+    from sposd.algos.base import Normalizer, PolicyBatch
+    from sposd.algos.config import AdvModCfg
 
 
 def _rejected_answer(group: RolloutGroup, fallback_chars: int) -> str | None:
@@ -37,6 +43,26 @@ def _rejected_answer(group: RolloutGroup, fallback_chars: int) -> str | None:
     return answer if answer else worst.text[:fallback_chars]
 
 
+def _answer_contrast(g: RolloutGroup, cfg: AdvModCfg) -> list[TeacherContext] | None:
+    """CEPO: [student prompt | " {gold answer}"] and [student prompt | " {rejected answer}"] (the gold again when
+    every rollout was accepted: delta = 0)."""
+    pos = TeacherContext("splice", f" {g.prompt.answer}")
+    wrong = _rejected_answer(g, cfg.cepo_fallback_chars)
+    return [pos, pos if wrong is None else TeacherContext("splice", f" {wrong}")]
+
+
+def _reference_solution(g: RolloutGroup, cfg: AdvModCfg) -> list[TeacherContext] | None:
+    """G-OPD: the privileged (OPSD-wrapped) reference solution; None without one."""
+    return [TeacherContext("wrap", g.prompt.solution)] if g.prompt.solution else None
+
+
+# algo.adv_mod.context -> (the group's scoring contexts, whether it needs the dataset's reference solution)
+SCORE_CONTEXTS: dict[str, tuple[Callable[[RolloutGroup, AdvModCfg], list[TeacherContext] | None], bool]] = {
+    "answer_contrast": (_answer_contrast, False),
+    "reference_solution": (_reference_solution, True),
+}
+
+
 def score_requests(groups: list[RolloutGroup], cfg: AdvModCfg) -> list[list[TeacherContext] | None]:
     """The scoring contexts of every completion, flat in group order (None: no context could be built; the learner
     then scores under the student's own prompt, which makes CEPO's weight 1 and G-OPD's teacher gain 0).
@@ -45,17 +71,10 @@ def score_requests(groups: list[RolloutGroup], cfg: AdvModCfg) -> list[list[Teac
         groups: verified, reward-shaped groups.
         cfg: the advantage-modifier config (cfg.scores must hold).
     """
+    build = SCORE_CONTEXTS[cfg.context][0]
     out: list[list[TeacherContext] | None] = []
     for g in groups:
-        n = len(g.completions)
-        if cfg.context == "answer_contrast":
-            pos = TeacherContext("splice", f" {g.prompt.answer}")
-            wrong = _rejected_answer(g, cfg.cepo_fallback_chars)
-            neg = pos if wrong is None else TeacherContext("splice", f" {wrong}")  # no rejected rollout: delta = 0
-            out.extend([[pos, neg]] * n)
-        else:  # reference_solution
-            sol = g.prompt.solution
-            out.extend([[TeacherContext("wrap", sol)] if sol else None] * n)
+        out.extend([build(g, cfg)] * len(g.completions))
     return out
 
 
@@ -67,6 +86,8 @@ class AdvantageModifier:
     """
 
     needs_ref = False
+    num_contexts = 0  # teacher contexts scored per completion (a scoring pass when > 0)
+    score_context: str | None = None  # the algo.adv_mod.context it scores
 
     def begin_step(self, step: int, total_steps: int) -> dict[str, float]:
         return {}
@@ -77,6 +98,8 @@ class AdvantageModifier:
 
 class CepoModifier(AdvantageModifier):
     """CEPO: per-token reweighting of GRPO advantages by the gold-vs-rejected answer contrast of the teacher."""
+
+    num_contexts, score_context = 2, "answer_contrast"
 
     def __init__(self, cfg: AdvModCfg) -> None:
         self.cfg = cfg
@@ -128,6 +151,7 @@ class GopdModifier(AdvantageModifier):
     """G-OPD / ExOPD: the per-token advantage is lam x the teacher's gain over the base model minus the policy's."""
 
     needs_ref = True
+    num_contexts, score_context = 1, "reference_solution"
 
     def __init__(self, cfg: AdvModCfg) -> None:
         self.cfg = cfg
@@ -146,6 +170,20 @@ class GopdModifier(AdvantageModifier):
         return adv_BT, metrics
 
 
+ADV_MODIFIERS: dict[str, type[AdvantageModifier] | None] = {"none": None}
+
+
+def register_modifier(name: str, cls: type[AdvantageModifier]) -> None:
+    if name in ADV_MODIFIERS:
+        raise ValueError(f"advantage modifier {name!r} already registered")
+    ADV_MODIFIERS[name] = cls
+
+
+for _name, _cls in (("cepo", CepoModifier), ("ace", AceModifier), ("gopd", GopdModifier)):
+    register_modifier(_name, _cls)
+
+
 def make_modifier(cfg: AdvModCfg) -> AdvantageModifier | None:
-    """The configured modifier, None for kind "none"."""
-    return {"cepo": CepoModifier, "ace": AceModifier, "gopd": GopdModifier}.get(cfg.kind, lambda _: None)(cfg)
+    """The configured modifier (algo.adv_mod.kind), None for "none"."""
+    cls = ADV_MODIFIERS[cfg.kind]
+    return None if cls is None else cls(cfg)

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 
 from sposd.algos.config import AlgoCfg
+from sposd.algos.distill.contexts import CONTEXT_KINDS, TEACHER_CONTEXTS, TeacherContext  # noqa: F401  (re-exported)
+from sposd.algos.distill.selections import TOKEN_SELECTIONS
 from sposd.ops.advantages import ragged_group_advantages
 from sposd.ops.shaping import overlong_penalty
 from sposd.ops.types import LossOut
@@ -47,6 +49,8 @@ class DistillBatch:
         teacher_hidden_DTH, teacher_head: the same for the teacher (no grad).
         teacher_kept: (rows, cols, logits_NV): teacher logits the learner computed at exactly the positions the
             term will ask for (sparse mode: only the kept positions of a token pre-pass), or None.
+        partner_logits_DTV: the teacher's logits under each row's partner context (`TeacherRequest.partner`; rows
+            without one: their teacher context again), when `Algorithm.needs_partner_pass`; else None.
     """
 
     student_logits_DTV: Tensor | None
@@ -62,6 +66,7 @@ class DistillBatch:
     teacher_hidden_DTH: Tensor | None = None
     teacher_head: Head | None = None
     teacher_kept: tuple[Tensor, Tensor, Tensor] | None = None
+    partner_logits_DTV: Tensor | None = None
 
     def student_logits_at(self, rows: Tensor, cols: Tensor) -> Tensor:
         """Student logits at the positions (rows[n], cols[n]): [N, V] (differentiable when the student is)."""
@@ -107,30 +112,6 @@ class PolicyBatch:
     teacher_logp_KBT: Tensor | None = None
 
 
-CONTEXT_KINDS = ("wrap", "reviser", "concise", "splice")
-
-
-@dataclass
-class TeacherContext:
-    """One teacher context, as the data layer renders it (`sposd.data.teacher.TeacherPrompts.render_context`).
-
-    Attributes:
-        kind: "wrap" (the teacher message wrapper around privileged text: a reference, witness, partial
-            reference or sibling), "reviser" (SD-Zero's reviser prompt around the attempt `text` and its
-            `verdict`), "concise" (OPSDC's concise-solving instruction around the problem; `text` unused),
-            "splice" (the student's own prompt ids followed by the tokens of `text`, CEPO's answer contexts).
-        text: the privileged text.
-        verdict: the attempt's binary reward ("reviser").
-    """
-
-    kind: str
-    text: str
-    verdict: bool | None = None
-
-    def __post_init__(self) -> None:
-        assert self.kind in CONTEXT_KINDS, f"unknown teacher context kind {self.kind!r}"
-
-
 @dataclass
 class TeacherRequest:
     """What the algorithm asks for one completion: a teacher shown a privileged context, scoring its tokens.
@@ -143,12 +124,15 @@ class TeacherRequest:
         units: this completion's share of the global normaliser (1 / #targets of its prompt under
             "prompt_mean", its selected-token count under "token_mean"; times the prompt weight under
             prompt_weight_norm "batch_mean").
+        partner: a second teacher context whose logits the term interpolates with (PAINT's full-solution teacher,
+            `DistillBatch.partner_logits_DTV`), or None.
     """
 
     context: TeacherContext
     weight: float
     num_positions: int
     units: float
+    partner: TeacherContext | None = None
 
     @property
     def privileged(self) -> str:
@@ -206,14 +190,14 @@ class Algorithm:
         assert self.terms, f"{type(self).__name__}.build_terms() returned no loss terms"
         self.distill_stats: dict[str, float] = {}
         self.controller = None
-        if cfg.distill.enabled and cfg.distill.context == "exposure_prefix":
+        if cfg.distill.enabled and TEACHER_CONTEXTS[cfg.distill.context].uses_controller:  # ATESD
             from sposd.algos.controller import ExposureController
 
             self.controller = ExposureController(cfg.distill, seed=seed)
 
     def build_terms(self) -> list[LossTerm]:
         """The loss terms this algorithm sums: the RL base term (rl_coef > 0) and the distillation term."""
-        from sposd.algos.distill import DistillTerm
+        from sposd.algos.distill.term import DistillTerm
         from sposd.algos.grpo import rl_terms
 
         terms = rl_terms(self.cfg) if self.cfg.rl_coef > 0 else []
@@ -235,6 +219,20 @@ class Algorithm:
         if self.cfg.distill.enabled:
             return self.cfg.distill.teacher
         return self.cfg.adv_mod.teacher if self.cfg.adv_mod.scores else None
+
+    @property
+    def needs_partner_pass(self) -> bool:
+        """Whether the learner runs a second teacher pass on each distilled row's partner context (PAINT's
+        full-solution interpolation partner) and hands its logits over as `DistillBatch.partner_logits_DTV`."""
+        d = self.cfg.distill
+        cuts = TEACHER_CONTEXTS[d.context].cuts_reference
+        return d.enabled and cuts and d.interp_gamma > 0 and d.interp_partner == "full_solution_teacher"
+
+    @property
+    def needs_answer_classes(self) -> bool:
+        """Whether the loop must label `Completion.answer_class` (majority voting) before `distill_requests`."""
+        d = self.cfg.distill
+        return d.enabled and (TOKEN_SELECTIONS[d.select].needs_answer_classes or TEACHER_CONTEXTS[d.context].votes)
 
     @property
     def teacher_ema_rate(self) -> float:
@@ -261,7 +259,7 @@ class Algorithm:
         return self.cfg.rl_coef == 0 and any(getattr(t, "sparse", False) for t in self.terms)
 
     def _distill_term(self):
-        from sposd.algos.distill import DistillTerm
+        from sposd.algos.distill.term import DistillTerm
 
         return next(t for t in self.terms if isinstance(t, DistillTerm))
 
@@ -303,7 +301,7 @@ class Algorithm:
             cut_reference: (completion_ids, solution, rho=None) -> the reference with its suffix dropped (rho None:
                 by rollout-reference overlap, PAINT; else the first ceil(rho n) tokens, ATESD).
         """
-        from sposd.algos.distill import distill_requests
+        from sposd.algos.distill.requests import distill_requests
 
         if not self.cfg.distill.enabled:
             self.distill_stats = {}
@@ -386,7 +384,8 @@ ALGOS: dict[str, type[Algorithm]] = {}
 
 
 def register_algo(name: str):
-    """Class decorator: make `cls` available as `get_algo(name)`."""
+    """Class decorator: make an Algorithm subclass `get_algo(name)` (for a method that needs more than the
+    components; none of the shipped YAMLs does)."""
 
     def deco(cls: type[Algorithm]) -> type[Algorithm]:
         if name in ALGOS:
@@ -398,7 +397,6 @@ def register_algo(name: str):
 
 
 def get_algo(name: str) -> type[Algorithm]:
-    """The Algorithm class registered under `name` (the config's `algo.name`)."""
-    if name not in ALGOS:
-        raise ValueError(f"unknown algo {name!r}; choose from {sorted(ALGOS)}")
-    return ALGOS[name]
+    """The class that runs `algo.name`: a registered subclass, else `Algorithm` itself (every conf/algo/*.yaml is a
+    composition of components, and its name is a label)."""
+    return ALGOS.get(name, Algorithm)

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sposd.algos.adv_mod import ADV_MODIFIERS
+from sposd.algos.adv_mod import SCORE_CONTEXTS as SCORE_CONTEXT_BUILDERS
+from sposd.algos.distill.contexts import TEACHER_CONTEXTS
+from sposd.algos.distill.selections import TOKEN_SELECTIONS, TOKEN_WEIGHTINGS
 from sposd.ops.aggregation import AGG_MODES
 
-CONTEXTS = (
-    "none",
-    "reference_solution",
-    "shortest_correct",
-    "partial_solution",
-    "exposure_prefix",
-    "successful_sibling",
-    "reviser",
-    "concise_instruction",
-)
+# the registered components (sposd/algos/distill/): each config value is a class, validated against the registry
+CONTEXTS = ("none", *TEACHER_CONTEXTS)
 # contexts that need the dataset's reference solution
-REFERENCE_CONTEXTS = ("reference_solution", "partial_solution", "exposure_prefix")
+REFERENCE_CONTEXTS = tuple(n for n, c in TEACHER_CONTEXTS.items() if c.needs_solution)
 TEACHER_WEIGHTS = ("current", "initial", "ema", "periodic")
-SELECTIONS = ("all", "longest_wrong", "entropy_mismatch", "failed_only", "tip")
+SELECTIONS = tuple(TOKEN_SELECTIONS)
+CLIP_MODES = ("token", "element")
+THINK_BOUNDARIES = ("none", "open_think")
+INTERP_PARTNERS = ("student", "full_solution_teacher")
+OVERLAPS = ("anchor_recall", "lcs_recall", "unigram_recall", "bigram_recall")
 PREFIXES = ("all", "cap", "witness")
 DIVERGENCE_KINDS = ("fkl", "rkl", "jsd", "sg_topk_rkl")
 SUPPORTS = ("full", "teacher_topk", "student_topk_tail", "student_topk")
@@ -27,15 +27,113 @@ PROMPT_WEIGHT_KINDS = ("none", "frontier", "indicator", "beta", "sqrt")
 DISTILL_NORMS = ("prompt_mean", "token_mean")
 MISMATCH_SIGNS = ("abs", "teacher_sharper", "student_sharper")
 STUDENT_PROMPTS = ("chat_template", "stripped_template")
-WRAPPERS = ("opsd", "sdpo", "sdpo_exact")
-TOKEN_WEIGHTS = ("none", "teacher_entropy")
-ADV_MODS = ("none", "cepo", "ace", "gopd")
-SCORE_CONTEXTS = ("answer_contrast", "reference_solution")
+WRAPPERS = ("opsd", "opsd_v3", "sdpo", "sdpo_exact")
+TOKEN_WEIGHTS = tuple(TOKEN_WEIGHTINGS)
+ADV_MODS = tuple(ADV_MODIFIERS)
+SCORE_CONTEXTS = tuple(SCORE_CONTEXT_BUILDERS)
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"algo.{key}={value!r} is not valid; choose from {list(choices)}")
+
+
+@dataclass(kw_only=True)
+class TipCfg:
+    """TIP's token sampling (select "tip"; spec section 8).
+
+    Attributes:
+        ratio, alpha, gamma: keep max(1, floor(ratio N)) of the batch's N distilled positions, drawn with probability
+            prop. to max(h, 1e-8)^alpha max(j, 1e-8)^gamma, h = H(S)/ln|V|, j = JSD_0.5(S, T)/ln 2, both times
+            scale (j over the teacher's top jsd_topk renormalised when > 0). Kept positions are weighted
+            N / (number kept), so the token mean is over kept positions.
+        region, h_quantile, j_quantile: "all" | "q3" (draw only among positions with h below its h_quantile and j
+            above its j_quantile, batch quantiles).
+    """
+
+    ratio: float = 0.5
+    alpha: float = 1.0
+    gamma: float = 0.0
+    region: str = "all"
+    h_quantile: float = 0.5
+    j_quantile: float = 0.8
+    jsd_topk: int = 0
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        t = "distill.tip."
+        if not 0 < self.ratio <= 1:
+            raise ValueError(f"algo.{t}ratio must be in (0, 1], got {self.ratio}")
+        _choice(t + "region", self.region, ("all", "q3"))
+        for key in ("h_quantile", "j_quantile"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"algo.{t}{key} must be in [0, 1], got {getattr(self, key)}")
+        _at_least(t + "jsd_topk", self.jsd_topk, 0)
+        if not self.scale > 0:
+            raise ValueError(f"algo.{t}scale must be > 0, got {self.scale}")
+
+
+@dataclass(kw_only=True)
+class ExposureCfg:
+    """ATESD's exposure controller (context "exposure_prefix"; spec section 7).
+
+    Attributes:
+        window, update_every, discount, lr, hidden, progress: rho ~ Beta(a, b), (a, b) = softplus(MLP(state)) + 1,
+            held for `window` steps; REINFORCE every `update_every` steps on the discounted learning progress of
+            each held decision ("accuracy": the change of rollout accuracy between windows; "neg_loss": the decrease
+            of the distillation loss); Adam at `lr`, an MLP of `hidden` units.
+    """
+
+    window: int = 10
+    update_every: int = 30
+    discount: float = 0.9
+    lr: float = 0.01
+    hidden: int = 16
+    progress: str = "accuracy"
+
+    def __post_init__(self) -> None:
+        e = "distill.exposure."
+        for key in ("window", "update_every", "hidden"):
+            _at_least(e + key, getattr(self, key), 1)
+        if self.update_every <= self.window:
+            raise ValueError(
+                "algo.distill.exposure.update_every must exceed exposure.window (a decision's progress is measured in "
+                f"the windows after it), got {self.update_every} <= {self.window}"
+            )
+        if not 0 <= self.discount <= 1:
+            raise ValueError(f"algo.{e}discount must be in [0, 1], got {self.discount}")
+        if not self.lr > 0:
+            raise ValueError(f"algo.{e}lr must be > 0, got {self.lr}")
+        _choice(e + "progress", self.progress, ("accuracy", "neg_loss"))
+
+
+@dataclass(kw_only=True)
+class PartialCfg:
+    """PAINT's partial reference (context "partial_solution"; spec section 15 and its 2026-12 box).
+
+    Attributes:
+        reveal_min, reveal_direction, overlap: reveal rho = clip(reveal_min + (1 - reveal_min) x) of the reference,
+            x = 1 - o ("more_when_far": more to a rollout far from the reference) or o ("more_when_close"),
+            o = overlap(rollout, reference): "anchor_recall" (the fraction of the reference's anchors, its last boxed
+            answer, formulas and numbers, found in the rollout) | "lcs_recall" | "unigram_recall" | "bigram_recall"
+            (on token ids).
+        unit: cut the reference by "tokens" or "lines".
+        hidden_marker: append a line saying the rest is hidden.
+    """
+
+    reveal_min: float = 0.25
+    reveal_direction: str = "more_when_far"
+    overlap: str = "anchor_recall"
+    unit: str = "tokens"
+    hidden_marker: bool = False
+
+    def __post_init__(self) -> None:
+        r = "distill.partial."
+        if not 0 <= self.reveal_min <= 1:
+            raise ValueError(f"algo.{r}reveal_min must be in [0, 1], got {self.reveal_min}")
+        _choice(r + "reveal_direction", self.reveal_direction, ("more_when_close", "more_when_far"))
+        _choice(r + "overlap", self.overlap, OVERLAPS)
+        _choice(r + "unit", self.unit, ("tokens", "lines"))
 
 
 @dataclass(kw_only=True)
@@ -55,11 +153,20 @@ class DistillCfg:
             the first correct completion of the group other than the sample itself), "reviser" (SD-Zero: the
             student's own attempt and its binary verdict, spec section 5's reviser prompt), "concise_instruction"
             (OPSDC: the problem inside spec section 10's "solve concisely" instruction; no privileged text).
-        wrapper: teacher message around the privileged text: "opsd" (OPSD's exact template) | "sdpo" (SDPO's
+        wrapper: teacher message around the privileged text: "opsd" (OPSD's template of the 2026-03 snapshot, the
+            one the tiny model is warm-started on) | "opsd_v3" (OPSD's current data_collator.py wording: the
+            solution between "=== Reference Solution Begin/End ===" and the "do not copy or paraphrase it" guard,
+            spec section 2's box) | "sdpo" (SDPO's
             middle text around the bare problem, the student's instruction last) | "sdpo_exact" (SDPO's reprompt
             verbatim: "{student's user message}\nCorrect solution:\n\n{text}\n\nCorrectly solve the original
             question."). Contexts "reviser" and "concise_instruction" have their own fixed messages.
         witness_thinking: "keep" the witness's <think> part or "strip" it (SDPO strips).
+        teacher_thinking: the chat template's thinking switch for the teacher context; null = as the student (a
+            model without thinking, model.enable_thinking false, ignores both switches).
+            OPSD-v3: a non-thinking student (algo.student_thinking false) scored by a thinking teacher.
+        think_boundary: "none" | "open_think": when the teacher thinks and the student does not, append "<think>\n"
+            to the teacher context, so the student's answer tokens are scored as the start of the teacher's thinking
+            rather than at a position where the teacher expects "<think>" (OPSD issue #10, the author's suggestion).
         teacher: weights of the teacher: "current" (the policy, no grad; no second copy), "initial" (a frozen
             copy of the starting weights), "ema" (theta_T <- (1-ema_rate) theta_T + ema_rate theta after each
             optimiser step), "periodic" (copied from the policy every update_every optimiser steps).
@@ -82,7 +189,10 @@ class DistillCfg:
         support: "full" vocabulary (chunked) | "teacher_topk" (renormalised) | "student_topk_tail" (+ tail bucket) |
             "student_topk" (sg_topk_rkl only).
         sampled_token: the single-sample reverse-KL estimator -sg(log T(y) - log S(y)) log S(y) (needs rkl).
-        clip_max: per-token pointwise clip min(D_t, clip_max); null = off.
+        clip_max: the clip threshold c; null = off.
+        clip_mode: "token" = min(D_t, c) (the spec's PW-OPSD reading) | "element" = OPSD-v3's `--jsd_token_clip`:
+            every (position, vocabulary entry) contribution clamped to <= c before the vocabulary sum (fkl / rkl /
+            jsd on any support; the clipped loss can be negative).
         is_clip: multiply D_t by sg(min(pi/pi_old, is_clip)) (SDPO, 2.0); null = off.
         loss_temperature: divides both logits in the loss; null = the rollout temperature.
         prompt_weight: "frontier" 4 p(1-p) | "indicator" 1[0<p<1] | "beta" p^a (1-p)^b | "sqrt" | "none".
@@ -93,23 +203,13 @@ class DistillCfg:
             | "token_mean" (over all selected tokens of the batch; OPSD's batchmean).
         token_weight: "none" | "teacher_entropy" (SRPO: w_t = exp(-H(T_t) / token_weight_tau), H on the
             divergence's support, normalised to mean 1 over the distilled tokens of the optimiser step's batch).
-        tip_ratio, tip_alpha, tip_gamma, tip_region, tip_h_quantile, tip_j_quantile, tip_jsd_topk, tip_scale: TIP:
-            keep max(1, floor(ratio N)) of the batch's N distilled positions, drawn with probability prop. to
-            max(h, 1e-8)^alpha max(j, 1e-8)^gamma, h = H(S)/ln|V|, j = JSD_0.5(S, T)/ln 2 (over the teacher's top
-            tip_jsd_topk renormalised when > 0), both times tip_scale; region "q3" draws only among positions with
-            h below its tip_h_quantile and j above its tip_j_quantile (batch quantiles). Kept positions are
-            weighted N / (number kept) so the token mean is over kept positions.
-        exposure_window, exposure_update_every, exposure_discount, exposure_lr, exposure_hidden,
-            exposure_progress: ATESD's controller: rho ~ Beta(a, b), (a, b) = softplus(MLP(state)) + 1, held for
-            exposure_window steps; REINFORCE every exposure_update_every steps on the discounted learning progress
-            of each held decision ("accuracy": the change of rollout accuracy between windows; "neg_loss": the
-            decrease of the distillation loss).
-        reveal_min, reveal_direction, overlap, reveal_unit, hidden_marker: PAINT's partial solution: reveal
-            rho = clip(reveal_min + (1 - reveal_min) o) of the reference, o = overlap(rollout, reference)
-            ("lcs_recall" | "unigram_recall" | "bigram_recall"); "more_when_close" uses o, "more_when_far"
-            1 - o; cut by "tokens" or "lines"; hidden_marker appends a line saying the rest is hidden.
-        interp_gamma: PAINT's energy-space interpolation z* = (1-gamma) z_T + gamma sg(z_S) at the entropy-mismatch
+        tip: TIP's token sampling (`TipCfg`, keys algo.distill.tip.*), used by select "tip".
+        exposure: ATESD's exposure controller (`ExposureCfg`, algo.distill.exposure.*), context "exposure_prefix".
+        partial: PAINT's partial reference (`PartialCfg`, algo.distill.partial.*), context "partial_solution".
+        interp_gamma: PAINT's energy-space interpolation z* = (1-gamma) z_T + gamma sg(z_P) at the entropy-mismatch
             positions (0 = off).
+        interp_partner: z_P: "student" (the student's logits) | "full_solution_teacher" (the teacher's logits under
+            the full reference, a second teacher pass; rows whose context is already the full reference use z_T).
         mismatch_q, mismatch_sign: the entropy-mismatch set: per sequence the top ceil(q * len) positions by
             |H_T - H_S| ("abs"), H_S - H_T ("teacher_sharper") or H_T - H_S ("student_sharper").
         chunk_tokens: positions per fp32 [chunk, V] block of the full-vocabulary divergence.
@@ -122,6 +222,8 @@ class DistillCfg:
     context: str = "none"
     wrapper: str = "opsd"
     witness_thinking: str = "keep"
+    teacher_thinking: bool | None = None
+    think_boundary: str = "none"
     teacher: str = "current"
     ema_rate: float = 0.05
     update_every: int = 50
@@ -140,6 +242,7 @@ class DistillCfg:
     topk: int = 50
     sampled_token: bool = False
     clip_max: float | None = None
+    clip_mode: str = "token"
     is_clip: float | None = None
     loss_temperature: float | None = None
     prompt_weight: str = "none"
@@ -149,26 +252,11 @@ class DistillCfg:
     normalize: str = "token_mean"
     token_weight: str = "none"
     token_weight_tau: float = 1.0
-    tip_ratio: float = 0.5
-    tip_alpha: float = 1.0
-    tip_gamma: float = 0.0
-    tip_region: str = "all"
-    tip_h_quantile: float = 0.5
-    tip_j_quantile: float = 0.8
-    tip_jsd_topk: int = 0
-    tip_scale: float = 1.0
-    exposure_window: int = 10
-    exposure_update_every: int = 30
-    exposure_discount: float = 0.9
-    exposure_lr: float = 0.01
-    exposure_hidden: int = 16
-    exposure_progress: str = "accuracy"
-    reveal_min: float = 0.25
-    reveal_direction: str = "more_when_close"
-    overlap: str = "lcs_recall"
-    reveal_unit: str = "tokens"
-    hidden_marker: bool = False
+    tip: TipCfg = field(default_factory=TipCfg)
+    exposure: ExposureCfg = field(default_factory=ExposureCfg)
+    partial: PartialCfg = field(default_factory=PartialCfg)
     interp_gamma: float = 0.0
+    interp_partner: str = "full_solution_teacher"
     mismatch_q: float = 0.1
     mismatch_sign: str = "abs"
     chunk_tokens: int = 256
@@ -237,38 +325,27 @@ class DistillCfg:
         _choice(d + "token_weight", self.token_weight, TOKEN_WEIGHTS)
         if not self.token_weight_tau > 0:
             raise ValueError(f"algo.distill.token_weight_tau must be > 0, got {self.token_weight_tau}")
-        if not 0 < self.tip_ratio <= 1:
-            raise ValueError(f"algo.distill.tip_ratio must be in (0, 1], got {self.tip_ratio}")
-        _choice(d + "tip_region", self.tip_region, ("all", "q3"))
-        for key in ("tip_h_quantile", "tip_j_quantile"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise ValueError(f"algo.distill.{key} must be in [0, 1], got {getattr(self, key)}")
-        _at_least(d + "tip_jsd_topk", self.tip_jsd_topk, 0)
-        if not self.tip_scale > 0:
-            raise ValueError(f"algo.distill.tip_scale must be > 0, got {self.tip_scale}")
-        if self.select == "tip" and self.token_weight != "none":
+        sparse = TOKEN_SELECTIONS[self.select].prepass is not None  # TIP: a pre-pass keeps some positions
+        if sparse and self.token_weight != "none":
             raise ValueError(
-                "algo.distill.select=tip weights its kept tokens itself: set algo.distill.token_weight=none"
+                f"algo.distill.select={self.select} weights its kept tokens itself: set algo.distill.token_weight=none"
             )
-        if self.select == "tip" and self.interp_gamma > 0:
-            raise ValueError("algo.distill.select=tip does not combine with PAINT's interpolation (interp_gamma > 0)")
-        for key in ("exposure_window", "exposure_update_every", "exposure_hidden"):
-            _at_least(d + key, getattr(self, key), 1)
-        if self.exposure_update_every <= self.exposure_window:
+        if sparse and self.interp_gamma > 0:
             raise ValueError(
-                "algo.distill.exposure_update_every must exceed exposure_window (a decision's progress is measured "
-                f"in the windows after it), got {self.exposure_update_every} <= {self.exposure_window}"
+                f"algo.distill.select={self.select} does not combine with PAINT's interpolation (interp_gamma > 0)"
             )
-        if not 0 <= self.exposure_discount <= 1:
-            raise ValueError(f"algo.distill.exposure_discount must be in [0, 1], got {self.exposure_discount}")
-        if not self.exposure_lr > 0:
-            raise ValueError(f"algo.distill.exposure_lr must be > 0, got {self.exposure_lr}")
-        _choice(d + "exposure_progress", self.exposure_progress, ("accuracy", "neg_loss"))
-        if not 0 <= self.reveal_min <= 1:
-            raise ValueError(f"algo.distill.reveal_min must be in [0, 1], got {self.reveal_min}")
-        _choice(d + "reveal_direction", self.reveal_direction, ("more_when_close", "more_when_far"))
-        _choice(d + "overlap", self.overlap, ("lcs_recall", "unigram_recall", "bigram_recall"))
-        _choice(d + "reveal_unit", self.reveal_unit, ("tokens", "lines"))
+        _choice(d + "interp_partner", self.interp_partner, INTERP_PARTNERS)
+        _choice(d + "think_boundary", self.think_boundary, THINK_BOUNDARIES)
+        _choice(d + "clip_mode", self.clip_mode, CLIP_MODES)
+        if (
+            self.clip_mode == "element"
+            and self.clip_max is not None
+            and (self.sampled_token or self.divergence == "sg_topk_rkl")
+        ):
+            raise ValueError(
+                "algo.distill.clip_mode=element clamps the per-vocabulary-entry terms of fkl / rkl / jsd: it does not "
+                "apply to sampled_token or sg_topk_rkl (use clip_mode=token)"
+            )
         if not 0 <= self.interp_gamma <= 1:
             raise ValueError(f"algo.distill.interp_gamma must be in [0, 1], got {self.interp_gamma}")
         if not 0 < self.mismatch_q <= 1:
@@ -318,27 +395,29 @@ class AdvModCfg:
     @property
     def scores(self) -> bool:
         """Whether this modifier needs teacher log-probs of the sampled tokens (a scoring pass)."""
-        return self.kind in ("cepo", "gopd")
+        return self.num_contexts > 0
 
     @property
     def num_contexts(self) -> int:
         """Teacher contexts scored per completion."""
-        return {"cepo": 2, "gopd": 1}.get(self.kind, 0)
+        cls = ADV_MODIFIERS[self.kind]
+        return 0 if cls is None else cls.num_contexts
+
+    @property
+    def needs_solution(self) -> bool:
+        """Whether its scoring context is built from the dataset's reference solution."""
+        return self.scores and SCORE_CONTEXT_BUILDERS[self.context][1]
 
     def __post_init__(self) -> None:
         a = "adv_mod."
         _choice(a + "kind", self.kind, ADV_MODS)
         _choice(a + "teacher", self.teacher, ("current", "initial"))
         _choice(a + "context", self.context, SCORE_CONTEXTS)
-        if self.kind == "cepo" and self.context != "answer_contrast":
+        want = getattr(ADV_MODIFIERS[self.kind], "score_context", None)
+        if want is not None and self.context != want:
             raise ValueError(
-                f"algo.adv_mod.kind=cepo scores two answer contexts: set algo.adv_mod.context=answer_contrast"
-                f" (got {self.context})"
-            )
-        if self.kind == "gopd" and self.context != "reference_solution":
-            raise ValueError(
-                f"algo.adv_mod.kind=gopd scores one privileged context: set "
-                f"algo.adv_mod.context=reference_solution (got {self.context})"
+                f"algo.adv_mod.kind={self.kind} scores {ADV_MODIFIERS[self.kind].num_contexts} context(s) of kind "
+                f"{want}: set algo.adv_mod.context={want} (got {self.context})"
             )
         if not 0 <= self.cepo_lambda <= 1:
             raise ValueError(f"algo.adv_mod.cepo_lambda must be in [0, 1], got {self.cepo_lambda}")
@@ -351,6 +430,46 @@ class AdvModCfg:
         _choice(a + "ace_reduce", self.ace_reduce, ("sum", "mean"))
         if not self.gopd_lambda > 0:
             raise ValueError(f"algo.adv_mod.gopd_lambda must be > 0, got {self.gopd_lambda}")
+
+
+@dataclass(kw_only=True)
+class LoraCfg:
+    """A LoRA adapter as a recipe declares it (r 0 = none). Not applied yet: see `recipe_warnings`."""
+
+    r: int = 0
+    alpha: float = 0.0
+    target_modules: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _at_least("lora.r", self.r, 0)
+        _at_least("lora.alpha", self.alpha, 0)
+
+
+REAL_MODEL_MAX_LR = 1e-5
+
+
+def recipe_warnings(algo: AlgoCfg, *, model_path: str, lr: float, model_name: str = "") -> list[str]:
+    """One line per thing a run should say at start (and in config.yaml): a real model with an lr above 1e-5, and a
+    recipe's LoRA adapter that is not applied.
+
+    Args:
+        algo: the algorithm config.
+        model_path: model.path ("builtin" = the embedded tiny model, which trains at 1e-4 on purpose).
+        lr: optim.lr.
+        model_name: model.name ("tiny": the tiny preset pointed at a local copy, e.g. in tests; no lr warning).
+    """
+    out = []
+    if model_path != "builtin" and model_name != "tiny" and lr > REAL_MODEL_MAX_LR:
+        out.append(
+            f"optim.lr={lr:g} is above {REAL_MODEL_MAX_LR:g} for a real model ({model_path}): full-parameter RL at "
+            "this rate usually collapses; the Qwen3 presets default to 1e-6 (set optim.lr to silence this)"
+        )
+    if algo.lora.r > 0:
+        out.append(
+            f"the {algo.name} recipe declares LoRA (r {algo.lora.r}, alpha {algo.lora.alpha:g}), which is not "
+            "available yet: this run trains all parameters (algo.lora.r=0 silences this)"
+        )
+    return out
 
 
 def _at_least(field: str, value: float, low: float) -> None:
@@ -382,6 +501,11 @@ class AlgoCfg:
         num_minibatches: optimiser steps per pass.
         student_prompt: "chat_template" or "stripped_template" (OPSD's paper setting: the chat template with
             its special tokens removed, as its vLLM path produced).
+        student_thinking: the chat template's thinking switch for the student's prompt (rollouts and learner);
+            null = model.enable_thinking. OPSD-v3 trains a non-thinking student (`student_thinking=False`).
+        lora: the recipe's LoRA adapter (r 0 = full-parameter training). Declared by recipes that use one (OPSD:
+            r 64, alpha 128); LoRA training is not available yet, so a run with r > 0 says so at start and trains
+            all parameters.
         distill: the self-distillation term (`DistillCfg`); off unless distill.coef > 0.
         adv_mod: an advantage modifier of the RL term (`AdvModCfg`); off unless adv_mod.kind != "none".
     """
@@ -405,6 +529,8 @@ class AlgoCfg:
     ppo_epochs: int = 1
     num_minibatches: int = 1
     student_prompt: str = "chat_template"
+    student_thinking: bool | None = None
+    lora: LoraCfg = field(default_factory=LoraCfg)
     distill: DistillCfg = field(default_factory=DistillCfg)
     adv_mod: AdvModCfg = field(default_factory=AdvModCfg)
 
@@ -414,11 +540,8 @@ class AlgoCfg:
         if self.rl_coef == 0 and not self.distill.enabled:
             raise ValueError("algo.rl_coef = 0 and algo.distill.coef = 0: the loss would be empty")
         dist = self.distill
-        if (
-            dist.enabled
-            and self.group_size < 2
-            and (dist.context in ("shortest_correct", "successful_sibling") or dist.select == "longest_wrong")
-        ):
+        compares = dist.context != "none" and TEACHER_CONTEXTS[dist.context].compares_group
+        if dist.enabled and self.group_size < 2 and (compares or TOKEN_SELECTIONS[dist.select].compares_group):
             raise ValueError(
                 f"algo.distill.context={dist.context} / select={dist.select} compare completions within a group: "
                 f"they need algo.group_size >= 2, got {self.group_size}"

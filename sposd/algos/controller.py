@@ -60,19 +60,18 @@ class ExposureController:
     holds the same rho).
 
     Args:
-        cfg: the distillation config (exposure_window, exposure_update_every, exposure_discount, exposure_lr,
-            exposure_hidden, exposure_progress).
+        cfg: the distillation config (its `exposure` block: window, update_every, discount, lr, hidden, progress).
         seed: seeds the policy's initial weights and the draws.
     """
 
     def __init__(self, cfg: DistillCfg, *, seed: int = 0) -> None:
-        self.window, self.update_every = cfg.exposure_window, cfg.exposure_update_every
-        self.discount, self.progress = cfg.exposure_discount, cfg.exposure_progress
+        self.window, self.update_every = cfg.exposure.window, cfg.exposure.update_every
+        self.discount, self.progress = cfg.exposure.discount, cfg.exposure.progress
         self.seed = seed
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.policy = BetaPolicy(len(FEATURES), cfg.exposure_hidden)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.exposure_lr)
+            self.policy = BetaPolicy(len(FEATURES), cfg.exposure.hidden)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.exposure.lr)
         self.rho = 0.5
         self.features = [0.0] * len(FEATURES)
         self.decisions: list[dict] = []  # {"window", "state", "rho"} not yet used for an update

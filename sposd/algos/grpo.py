@@ -1,6 +1,6 @@
-"""The RLVR base term (clipped policy gradient + optional k3 KL) and the GRPO family built from it.
+"""The RLVR base term (clipped policy gradient + optional k3 KL).
 
-GRPO, DAPO and Dr.GRPO are one algorithm with different `AlgoCfg` values (conf/algo/*.yaml):
+GRPO, DAPO and Dr.GRPO are this term with different `AlgoCfg` values (conf/algo/*.yaml):
 - grpo:    adv_std_norm, clip 0.2/0.2, dual clip 3.0, loss_agg seq-mean-token-mean (verl defaults).
 - dapo:    clip-higher 0.2/0.28, token-mean, dynamic_sampling, overlong_buffer > 0, kl_coef 0.
 - dr_grpo: adv_std_norm false, seq-mean-token-sum-norm (L = loss_scale_len or max_new_tokens).
@@ -12,7 +12,7 @@ Legend: B rows of a micro-batch, T completion tokens.
 
 from __future__ import annotations
 
-from sposd.algos.base import Algorithm, LossTerm, Normalizer, PolicyBatch, register_algo
+from sposd.algos.base import LossTerm, Normalizer, PolicyBatch
 from sposd.algos.config import AlgoCfg
 from sposd.ops.aggregation import aggregate
 from sposd.ops.policy_loss import clipped_surrogate, kl_penalty_k3
@@ -79,37 +79,3 @@ class KLToRefTerm:
 def rl_terms(cfg: AlgoCfg) -> list[LossTerm]:
     """The RLVR base term: clipped policy gradient, plus the KL-to-reference term when kl_coef > 0."""
     return [PolicyGradientTerm(cfg)] + ([KLToRefTerm(cfg)] if cfg.kl_coef > 0 else [])
-
-
-COMPOSED = (
-    "grpo",
-    "dapo",
-    "dr_grpo",
-    "opsd",
-    "ssopd",
-    "paint",
-    "sdpo",
-    "srpo",
-    "cepo",
-    "atesd",
-    "tip",
-    "paced",
-    "opsdc",
-    "ace",
-    "gopd",
-    "sdzero",
-    "opsd_sgtopk",
-)
-
-
-class GroupRelativePO(Algorithm):
-    """The composed algorithm: the RL base term (with an optional advantage modifier) and/or the self-distillation
-    term.
-
-    Every registered name (COMPOSED) differs only in config values (conf/algo/*.yaml); the composition is
-    `Algorithm.build_terms`, and no code looks at the name.
-    """
-
-
-for _name in COMPOSED:
-    register_algo(_name)(GroupRelativePO)

@@ -8,13 +8,14 @@ learner appends the completion.
 from __future__ import annotations
 
 from sposd.data.templates import (
+    OPEN_THINK,
     build_concise_message,
     build_reviser_message,
     build_teacher_message,
     render_prompt_ids,
     truncate_reference,
 )
-from sposd.ops.overlap import overlap, reveal_ratio
+from sposd.ops.overlap import anchor_recall, overlap, reveal_ratio
 
 
 def fits_positions(context_len: int, completion_len: int, max_positions: int | None) -> bool:
@@ -28,13 +29,15 @@ class TeacherPrompts:
     Args:
         tokenizer: the policy's tokenizer (chat template).
         instruction: the same instruction the student sees.
-        enable_thinking: chat-template thinking flag (as for the student).
+        enable_thinking: chat-template thinking flag of the teacher context.
+        open_think: append "<think>\n" to every teacher context (a thinking teacher scoring a non-thinking student).
         wrapper: "opsd" | "sdpo" teacher message.
         max_len: teacher contexts longer than this are refused (`render` returns None).
         max_positions: the model's context (max_position_embeddings): a teacher sequence [context | completion]
             longer than this is refused too (the model would run past the positions it was trained on), and
             counted in `past_positions`.
-        reveal_min, reveal_direction, overlap_metric, reveal_unit, hidden_marker: PAINT's partial solution.
+        reveal_min, reveal_direction, overlap_metric, reveal_unit, hidden_marker: PAINT's partial solution
+            ("anchor_recall" is measured on the decoded rollout text against the solution's anchors).
     """
 
     def __init__(
@@ -43,18 +46,20 @@ class TeacherPrompts:
         *,
         instruction: str,
         enable_thinking: bool,
+        open_think: bool = False,
         wrapper: str = "opsd",
         max_len: int | None = None,
         max_positions: int | None = None,
         reveal_min: float = 0.25,
-        reveal_direction: str = "more_when_close",
-        overlap_metric: str = "lcs_recall",
+        reveal_direction: str = "more_when_far",
+        overlap_metric: str = "anchor_recall",
         reveal_unit: str = "tokens",
         hidden_marker: bool = False,
     ) -> None:
         self.tokenizer, self.instruction, self.enable_thinking = tokenizer, instruction, enable_thinking
         self.wrapper, self.max_len, self.max_positions = wrapper, max_len, max_positions
         self.past_positions = 0  # teacher sequences refused for running past max_positions (cumulative)
+        self._suffix = list(tokenizer.encode(OPEN_THINK, add_special_tokens=False)) if open_think else []
         self.reveal_min, self.reveal_direction = reveal_min, reveal_direction
         self.overlap_metric, self.reveal_unit, self.hidden_marker = overlap_metric, reveal_unit, hidden_marker
         self._ref_ids: dict[str, list[int]] = {}
@@ -66,7 +71,7 @@ class TeacherPrompts:
         return self._message_ids(msg)
 
     def _message_ids(self, msg: str) -> list[int] | None:
-        ids = render_prompt_ids(self.tokenizer, msg, enable_thinking=self.enable_thinking)
+        ids = render_prompt_ids(self.tokenizer, msg, enable_thinking=self.enable_thinking) + self._suffix
         return None if self.max_len is not None and len(ids) > self.max_len else ids
 
     def render_context(self, prompt, context, *, completion_len: int = 0) -> list[int] | None:
@@ -101,6 +106,9 @@ class TeacherPrompts:
     def cut_reference(self, completion_ids: list[int], solution: str, rho: float | None = None) -> str:
         """The reference with its suffix dropped: PAINT reveals rho = f(overlap(rollout, reference)) of it; a given
         rho (ATESD's exposure) reveals the first ceil(rho n) units."""
+        if rho is None and self.overlap_metric == "anchor_recall":
+            o = anchor_recall(self.tokenizer.decode(list(completion_ids), skip_special_tokens=True), solution)
+            rho = reveal_ratio(o, rho_min=self.reveal_min, direction=self.reveal_direction)
         if rho is None:
             ref = self._ref_ids.get(solution)
             if ref is None:

@@ -20,6 +20,20 @@ PRIVILEGED_TEMPLATE = (
     "step-by-step reasoning that derives the same final answer to the problem below:\n\n{instruction}"
 )
 
+# OPSD's current teacher message (siyan-zhao/OPSD data_collator.py after the 2026-03-18 history, spec section 2's box;
+# the same text in every fork read): the solution between markers, then the strengthened "own words, do not copy"
+# guard (its "\n\n...:\n" framing included), a blank line and the student's instruction.
+OPSD_V3_TEMPLATE = (
+    "Problem: {problem}\n\nHere is a reference solution to this problem:\n"
+    "=== Reference Solution Begin ===\n{solution}\n=== Reference Solution End ===\n"
+    "\n\nAfter reading the reference solution above, make sure you truly understand the reasoning behind each step "
+    "\u2014 do not copy or paraphrase it. Now, using your own words and independent reasoning, derive the same final "
+    "answer to the problem above. Think step by step, explore different approaches, and don't be afraid to "
+    "backtrack or reconsider if something doesn't work out:\n\n{instruction}"
+)
+# What OPSD's author suggests appending to a thinking teacher's context when the student does not think (issue #10):
+# the student's first tokens are then scored as the start of the teacher's thinking.
+OPEN_THINK = "<think>\n"
 
 # SDPO's reprompt wrapper (spec section 14, "Config alternatives"), with the privileged text as the correct solution.
 # SDPO puts the full original prompt (problem + instruction) in front; here the problem comes first and the same
@@ -43,7 +57,7 @@ CONCISE_TEMPLATE = (
     "\n\nThe last line of your response should be of the form Answer: $Answer (without quotes) where $Answer is "
     'the answer to the problem.\n\n{question}\n\nRemember to put your answer on its own line after "Answer:".'
 )
-TEACHER_WRAPPERS = ("opsd", "sdpo", "sdpo_exact")
+TEACHER_WRAPPERS = ("opsd", "opsd_v3", "sdpo", "sdpo_exact")
 STUDENT_PROMPT_MODES = ("chat_template", "stripped_template")
 REFERENCE_UNITS = ("tokens", "lines")
 HIDDEN_MARKER = "(the rest of the solution is hidden)"
@@ -103,13 +117,16 @@ def build_teacher_message(
     Args:
         problem: the bare problem text.
         privileged: the text only the teacher sees.
-        wrapper: "opsd" = PRIVILEGED_TEMPLATE (same output as build_privileged_message), "sdpo" = SDPO_TEMPLATE
+        wrapper: "opsd" = PRIVILEGED_TEMPLATE (same output as build_privileged_message), "opsd_v3" =
+            OPSD_V3_TEMPLATE (OPSD's current wording), "sdpo" = SDPO_TEMPLATE
             (with an empty instruction the trailing blank line and instruction are dropped), "sdpo_exact" = SDPO's
             reprompt around the student's own user message (`build_user_message`), no feedback section.
         instruction: the same instruction the student sees.
     """
     if wrapper == "opsd":
         return build_privileged_message(problem, privileged, instruction=instruction)
+    if wrapper == "opsd_v3":
+        return OPSD_V3_TEMPLATE.format(problem=problem, solution=privileged, instruction=instruction)
     if wrapper == "sdpo_exact":
         return SDPO_REPROMPT_TEMPLATE.format(
             prompt=build_user_message(problem, instruction=instruction),

@@ -139,3 +139,58 @@ def format_table(results: dict) -> str:
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
+
+
+def checkpoint_views(history: list[dict]) -> dict | None:
+    """The three readings of evaluations over checkpoints (spec/ALGORITHMS.md 0.8), from rows with `step` and
+    `eval/<bench>/avg@k` keys (metrics.jsonl rows or `TrainingEval.history`).
+
+    Returns None without evaluations, else:
+        final: the last evaluated step's avg@k per benchmark and macro (what a user gets without peeking);
+        best_per_benchmark: per benchmark the maximum over checkpoints and its step, and their mean (the papers'
+            tables: optimistic, each benchmark may come from a different checkpoint);
+        best_macro: the one checkpoint with the highest macro (earliest on ties) and its per-benchmark values.
+    """
+    rows = [r for r in history if any(k.startswith("eval/") and k.endswith("/avg@k") for k in r)]
+    if not rows:
+        return None
+    benches = sorted({k[5:-6] for r in rows for k in r if k.startswith("eval/") and k.endswith("/avg@k")} - {"macro"})
+
+    def scores(r: dict) -> dict:
+        vals = {b: r.get(f"eval/{b}/avg@k") for b in benches}
+        have = [v for v in vals.values() if v is not None]
+        return {"step": r["step"], **vals, "macro": sum(have) / len(have) if have else None}
+
+    per = [scores(r) for r in rows]
+    best = {}
+    for b in benches:
+        cand = [(p[b], p["step"]) for p in per if p[b] is not None]
+        value, step = max(cand, key=lambda x: x[0])  # max keeps the earliest of equal values
+        best[b] = {"avg@k": value, "step": step}
+    macro_best = max((p for p in per if p["macro"] is not None), key=lambda p: p["macro"])
+    return {
+        "final": per[-1],
+        "best_per_benchmark": {**best, "macro": sum(v["avg@k"] for v in best.values()) / max(len(best), 1)},
+        "best_macro": macro_best,
+    }
+
+
+def format_checkpoint_views(views: dict) -> str:
+    """The three readings of `checkpoint_views` as console lines, each labelled."""
+    benches = [b for b in views["best_per_benchmark"] if b != "macro"]
+
+    def row(name: str, vals: dict, steps: str) -> str:
+        cells = "  ".join(f"{b} {_fmt(vals.get(b))}" for b in [*benches, "macro"])
+        return f"  {name:<44} {cells}  ({steps})"
+
+    best = views["best_per_benchmark"]
+    per_bench = {b: best[b]["avg@k"] for b in benches} | {"macro": best["macro"]}
+    steps = ", ".join(f"{b} @ {best[b]['step']}" for b in benches)
+    return "\n".join(
+        [
+            "avg@k over checkpoints (spec 0.8):",
+            row("final (last step)", views["final"], f"step {views['final']['step']}"),
+            row("best per benchmark (papers' convention)", per_bench, steps),
+            row("best macro (one checkpoint)", views["best_macro"], f"step {views['best_macro']['step']}"),
+        ]
+    )

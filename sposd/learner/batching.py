@@ -28,6 +28,8 @@ class LearnerSample:
         distill_units: this completion's share of the distillation normaliser.
         score_prompt_ids: the K teacher contexts whose per-token log-probs of this completion an advantage
             modifier needs (None: score under the student's own prompt).
+        partner_prompt_ids: a second teacher context whose logits the distillation term interpolates with (PAINT's
+            full solution), or None.
     """
 
     prompt_ids: list[int]
@@ -40,6 +42,7 @@ class LearnerSample:
     distill_len: int = 0
     distill_units: float = 0.0
     score_prompt_ids: list[list[int]] | None = None
+    partner_prompt_ids: list[int] | None = None
 
     @property
     def distilled(self) -> bool:
@@ -50,7 +53,7 @@ class LearnerSample:
         """(context, completion) length for micro-batch planning: the longest of the student's and the teachers'
         contexts (a teacher pass runs on the same rows)."""
         ctx = max(len(self.prompt_ids), len(self.teacher_prompt_ids or ())) if self.distilled else len(self.prompt_ids)
-        ctx = max([ctx, *(len(c) for c in self.score_prompt_ids or ())])
+        ctx = max([ctx, *(len(c) for c in self.score_prompt_ids or ()), len(self.partner_prompt_ids or ())])
         return ctx, len(self.completion_ids)
 
 

@@ -516,7 +516,7 @@ class DeepSpeedLearner:
             rows = [samples[i] for i in plan[j]] if j < len(plan) else []
             drows = [s for s in rows if s.distilled]
             t0 = time.perf_counter()
-            teacher_logits = teacher_hidden = None
+            teacher_logits = teacher_hidden = partner_logits = None
             if teacher_at[j]:
                 if drows and self.sparse:
                     teacher_hidden = self._hidden(
@@ -526,6 +526,13 @@ class DeepSpeedLearner:
                     teacher_logits = self._teacher_logits(drows)
                 else:
                     self._dummy_forward(self.teacher, hidden=self.sparse)
+                if self.algo.needs_partner_pass:  # PAINT's full-solution teacher: one more pass on every rank
+                    if drows:
+                        ctxs = [s.partner_prompt_ids or s.teacher_prompt_ids for s in drows]
+                        with torch.no_grad():
+                            partner_logits = self._logits(self.teacher, self._teacher_mb(drows, ctxs))
+                    else:
+                        self._dummy_forward(self.teacher, hidden=self.sparse)
             T = max((len(s.completion_ids) for s in rows), default=1)
             score_logp = self._score_logps(rows or None, T) if self.algo.num_score_contexts else None
             t_teacher += time.perf_counter() - t0
@@ -586,6 +593,7 @@ class DeepSpeedLearner:
                     student_hidden_DTH=None if logits is not None else hidden[:D, :Td],
                     student_head=student_head,
                     teacher_kept=teacher_kept,
+                    partner_logits_DTV=partner_logits,
                 )
             out = self.algo.loss(
                 PolicyBatch(
@@ -604,7 +612,7 @@ class DeepSpeedLearner:
                 loss = loss + student_head(hidden[:1, :1]).sum() * 0.0
             self.engine.backward(loss * self.world, scale_wrt_gas=False)
             self.engine.step()
-            del logits, teacher_logits, teacher_hidden, teacher_kept, distill
+            del logits, teacher_logits, teacher_hidden, teacher_kept, distill, partner_logits
             metrics["loss/total"] = metrics.get("loss/total", 0.0) + float(out.loss.detach())
             for k, v in out.metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v)

@@ -10,9 +10,14 @@ from sposd.ops.advantage_mods import (
 from sposd.ops.advantages import group_advantages, ragged_group_advantages
 from sposd.ops.aggregation import AGG_MODES, aggregate
 from sposd.ops.divergence import (
+    CLIP_MODES,
     DIVERGENCES,
+    STAT_KEYS,
     SUPPORTS,
+    block_divergence,
+    block_divergence_grad,
     divergence_from_logprobs,
+    divergence_with_stats,
     entropy_mismatch_mask,
     interpolate_teacher_logits_,
     naive_divergence,
@@ -23,9 +28,10 @@ from sposd.ops.divergence import (
     teacher_support_entropy,
 )
 from sposd.ops.logprobs import entropy_from_logits, linear_token_logprobs, token_logprobs
-from sposd.ops.overlap import lcs_length, overlap, reveal_count, reveal_ratio
+from sposd.ops.overlap import anchor_recall, lcs_length, overlap, reference_anchors, reveal_count, reveal_ratio
 from sposd.ops.policy_loss import clipped_surrogate, kl_penalty_k3
-from sposd.ops.selection import prefix_length, prompt_weight, select_longest_wrong
+from sposd.ops.repetition import ends_in_loop
+from sposd.ops.selection import prefix_length, prompt_weight, select_longest_minority, select_longest_wrong
 from sposd.ops.shaping import overlong_penalty
 from sposd.ops.token_selection import (
     entropy_token_weights,
@@ -39,6 +45,15 @@ from sposd.ops.token_selection import (
 from sposd.ops.types import LossOut
 
 __all__ = [
+    "CLIP_MODES",
+    "STAT_KEYS",
+    "anchor_recall",
+    "block_divergence",
+    "block_divergence_grad",
+    "divergence_with_stats",
+    "ends_in_loop",
+    "reference_anchors",
+    "select_longest_minority",
     "ace_advantages",
     "cepo_token_advantages",
     "cepo_token_factors",

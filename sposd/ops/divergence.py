@@ -58,35 +58,59 @@ def _plogr(p: Tensor, log_ratio: Tensor) -> Tensor:
     return torch.where(live, p * torch.where(live, log_ratio, 0.0), 0.0)
 
 
-def divergence_from_logprobs(s_logp_NK: Tensor, t_logp_NK: Tensor, *, kind: str, beta: float = 0.5) -> Tensor:
+def divergence_from_logprobs(
+    s_logp_NK: Tensor, t_logp_NK: Tensor, *, kind: str, beta: float = 0.5, element_clip: float | None = None
+) -> Tensor:
     """Divergence over the last dim from log-probs on a common support (plain autograd; teacher detached).
 
     Args:
         s_logp_NK: student log-probs.
         t_logp_NK: teacher log-probs (detached here).
         kind, beta: "fkl" | "rkl" | "jsd" with its beta.
+        element_clip: clamp each per-entry term to <= element_clip before the sum (OPSD-v3's clip); None = off.
     Returns: D_N.
     """
+    return _elements(s_logp_NK, t_logp_NK, kind=kind, beta=beta, element_clip=element_clip).sum(-1)
+
+
+def _elements(s_logp_NK: Tensor, t_logp_NK: Tensor, *, kind: str, beta: float, element_clip: float | None) -> Tensor:
+    """The per-entry terms of the divergence (their sum over the last dim is D), clamped when element_clip."""
     kind, beta = resolve_divergence(kind, beta)
     ls, lt = s_logp_NK, t_logp_NK.detach()
     if kind == "fkl":
-        return _plogr(lt.exp(), lt - ls).sum(-1)
-    if kind == "rkl":
-        return _plogr(ls.exp(), ls - lt).sum(-1)
-    # floored so an entry where both are -inf gets a finite log M (logaddexp's backward is NaN at (-inf, -inf))
-    floor = _floor(ls.dtype)
-    lm = torch.logaddexp(lt.clamp(min=floor) + math.log(beta), ls.clamp(min=floor) + math.log1p(-beta))
-    return beta * _plogr(lt.exp(), lt - lm).sum(-1) + (1 - beta) * _plogr(ls.exp(), ls - lm).sum(-1)
+        e = _plogr(lt.exp(), lt - ls)
+    elif kind == "rkl":
+        e = _plogr(ls.exp(), ls - lt)
+    else:
+        # floored so an entry where both are -inf gets a finite log M (logaddexp's backward is NaN at (-inf, -inf))
+        floor = _floor(ls.dtype)
+        lm = torch.logaddexp(lt.clamp(min=floor) + math.log(beta), ls.clamp(min=floor) + math.log1p(-beta))
+        e = beta * _plogr(lt.exp(), lt - lm) + (1 - beta) * _plogr(ls.exp(), ls - lm)
+    return e if element_clip is None else e.clamp(max=element_clip)
 
 
 def naive_divergence(
-    student_logits_BTV: Tensor, teacher_logits_BTV: Tensor, *, kind: str, beta: float = 0.5, temperature: float = 1.0
+    student_logits_BTV: Tensor,
+    teacher_logits_BTV: Tensor,
+    *,
+    kind: str,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    clip: float | None = None,
+    clip_mode: str = "token",
 ) -> Tensor:
-    """Reference: full fp32 log-softmax of both models, then the formula with autograd (OPSD's way). D_BT."""
+    """Reference: full fp32 log-softmax of both models, then the formula with autograd (OPSD's way). D_BT.
+
+    clip_mode "element" clamps the [B, T, V] per-entry terms before the sum (OPSD-v3's `jsd.clamp(max=c)` on
+    F.kl_div(..., reduction="none")); "token" clamps D_t.
+    """
+    _check_clip(clip, clip_mode)
     acc = _acc(student_logits_BTV.dtype)
     ls = torch.log_softmax(student_logits_BTV.to(acc) / temperature, dim=-1)
     lt = torch.log_softmax(teacher_logits_BTV.detach().to(acc) / temperature, dim=-1)
-    return divergence_from_logprobs(ls, lt, kind=kind, beta=beta)
+    element = clip if clip_mode == "element" else None
+    D = divergence_from_logprobs(ls, lt, kind=kind, beta=beta, element_clip=element)
+    return D.clamp(max=clip) if clip is not None and clip_mode == "token" else D
 
 
 def _spans(lengths: list[int], T: int, chunk: int):
@@ -136,66 +160,227 @@ def _mixture_log_(out_NV: Tensor, ps_NV: Tensor, pt_NV: Tensor, beta: float) -> 
     return torch.lerp(ps_NV, pt_NV, beta, out=out_NV).clamp_(min=torch.finfo(out_NV.dtype).tiny).log_()
 
 
+CLIP_MODES = ("token", "element")
+# columns of the per-position statistics a divergence returns (`per_token_divergence(..., with_stats=True)`)
+STAT_KEYS = ("clipped", "teacher_entropy", "student_entropy")
+
+
+def _check_clip(clip: float | None, clip_mode: str) -> None:
+    if clip_mode not in CLIP_MODES:
+        raise ValueError(f"clip_mode {clip_mode!r} is not one of {list(CLIP_MODES)}")
+    if clip is not None and not clip > 0:
+        raise ValueError(f"clip must be > 0 or None (off), got {clip}")
+
+
+def block_buffers(kind: str) -> int:
+    """[n, V] work buffers `block_divergence` / `block_divergence_grad` use for this kind (callers preallocate)."""
+    return 5 if kind == "jsd" else 3
+
+
+def _elements_(out_NV, ls, lt, ps, pt, lm, kind: str, beta: float):
+    """out <- the per-vocabulary-entry terms whose sum is D (F.kl_div(..., reduction="none") in OPSD's code)."""
+    if kind == "fkl":  # T (log T - log S)
+        return torch.sub(lt, ls, out=out_NV).mul_(pt)
+    if kind == "rkl":  # S (log S - log T)
+        return torch.sub(ls, lt, out=out_NV).mul_(ps)
+    # beta T (log T - log M) + (1 - beta) S (log S - log M)
+    torch.sub(ls, lm, out=out_NV).mul_(ps).mul_(1 - beta)
+    return out_NV.add_(torch.sub(lt, lm).mul_(pt), alpha=beta)
+
+
+def block_divergence(
+    s_NV: Tensor,
+    t_NV: Tensor,
+    *,
+    kind: str,
+    beta: float = 0.5,
+    tau: float = 1.0,
+    clip: float | None = None,
+    clip_mode: str = "token",
+    with_stats: bool = False,
+    work: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """D_t for one [n, V] block of positions: the per-block math of every full-vocabulary divergence.
+
+    A caller that holds hidden states (logits = h W^T computed block by block) calls this in forward and
+    `block_divergence_grad` in backward with the same block; `per_token_divergence(support="full")` does the same on
+    a [B, T, V] logits tensor.
+
+    Args:
+        s_NV, t_NV: student / teacher logits of n positions (any float dtype; not modified).
+        kind, beta: "fkl" | "rkl" | "jsd" (already resolved: `resolve_divergence`).
+        tau: divides both logits.
+        clip, clip_mode: None = no clip; "token": D_t <- min(D_t, clip); "element": each per-vocabulary-entry term
+            clamped to <= clip before the vocabulary sum (OPSD-v3's `--jsd_token_clip`).
+        with_stats: also return per-position statistics (no grad).
+        work: a [block_buffers(kind), >= n, V] buffer in the accumulation dtype (allocated when None).
+    Returns: (D_n, saved_n2, stats_n3): D in the accumulation dtype, what `block_divergence_grad` needs, and with
+        with_stats the columns of STAT_KEYS: clipped (vocabulary entries clamped, element mode; 1.0 if D_t was
+        clipped, token mode), H(T), H(S), else None.
+    """
+    acc = _acc(s_NV.dtype)
+    n, V = s_NV.shape
+    work = s_NV.new_empty(block_buffers(kind), n, V, dtype=acc) if work is None else work
+    z, ls, lt, *jsd_bufs = work[:, :n].unbind(0)
+    _log_softmax_(ls, _scaled_(z, s_NV, tau))
+    _log_softmax_(lt, _scaled_(z, t_NV, tau))
+    stats = None
+    if with_stats:
+        stats = torch.stack([torch.zeros(n, dtype=acc, device=s_NV.device), _neg_plogp(lt, z), _neg_plogp(ls, z)], 1)
+    aux = torch.zeros(n, dtype=acc, device=s_NV.device)
+    if clip is not None and clip_mode == "element":
+        pt, lm = (jsd_bufs[0], jsd_bufs[1]) if kind == "jsd" else (None, None)
+        ps = torch.exp(ls) if kind != "fkl" else None
+        pt = torch.exp(lt, out=pt) if pt is not None else torch.exp(lt)
+        if kind == "jsd":
+            _mixture_log_(lm, ps, pt, beta)
+        e = _elements_(z, ls, lt, ps, pt, lm, kind, beta)
+        if stats is not None:
+            stats[:, 0] = (e > clip).sum(-1).to(acc)
+        D = e.clamp_(max=clip).sum(-1)
+        return D, torch.stack([aux, D], 1), stats
+    if kind == "fkl":  # sum T (log T - log S)
+        D = _dot_(torch.exp(lt, out=z), lt.sub_(ls))
+    elif kind == "rkl":  # sum S (log S - log T)
+        D = aux = _dot_(torch.exp(ls, out=z), ls.sub_(lt))
+    else:  # beta KL(T || M) + (1 - beta) KL(S || M), M = beta T + (1 - beta) S
+        pt, lm = jsd_bufs
+        ps = torch.exp(ls, out=z)
+        _mixture_log_(lm, ps, torch.exp(lt, out=pt), beta)
+        aux = _dot_(ls.sub_(lm), ps)
+        D = beta * _dot_(lt.sub_(lm), pt) + (1 - beta) * aux
+    saved = torch.stack([aux, D], 1)  # D before a token clip: the clip's gradient mask
+    if clip is not None:  # token mode
+        if stats is not None:
+            stats[:, 0] = (D > clip).to(acc)
+        D = D.clamp(max=clip)
+    return D, saved, stats
+
+
+def _neg_plogp(logp_NV: Tensor, tmp_NV: Tensor) -> Tensor:
+    """-sum p log p per row, using tmp as scratch (overwritten)."""
+    return -torch.exp(logp_NV, out=tmp_NV).mul_(logp_NV).sum(-1)
+
+
+def block_divergence_grad(
+    s_NV: Tensor,
+    t_NV: Tensor,
+    saved_N2: Tensor,
+    g_N: Tensor,
+    *,
+    kind: str,
+    beta: float = 0.5,
+    tau: float = 1.0,
+    clip: float | None = None,
+    clip_mode: str = "token",
+    work: Tensor | None = None,
+) -> Tensor:
+    """dL/d(student logits) for one block, given g = dL/dD_t: [n, V] in the accumulation dtype.
+
+    With u_v = 1 where an entry survives the clip (all entries without an element clip), a_v = u_v dD/dlog S(v)
+    and grad_z = a - S sum_v a_v, then / tau. Unclipped: fkl S - T; rkl S (log S - log T - D);
+    jsd (1 - beta) S (log S - log M - KL(S || M)). Element clip: a_v = -T u (fkl), S (log S - log T + 1) u (rkl),
+    (1 - beta) S (log S - log M) u (jsd); a clipped entry then gets only the centring term -S sum a, which reverses
+    its direction (Huang et al., spec section 2's box). Token clip: g <- 0 where D_t > clip.
+
+    Args:
+        s_NV, t_NV, kind, beta, tau, clip, clip_mode, work: as given to `block_divergence`.
+        saved_N2: its second return value.
+        g_N: the upstream gradient of each position's D.
+    """
+    acc = _acc(s_NV.dtype)
+    n, V = s_NV.shape
+    work = s_NV.new_empty(block_buffers(kind), n, V, dtype=acc) if work is None else work
+    z, a, c, *more = work[:, :n].unbind(0)
+    aux_N, d_N = saved_N2[:, 0], saved_N2[:, 1]
+    g_N1 = g_N.to(acc)[:, None] / tau
+    if clip is not None and clip_mode == "token":
+        g_N1 = g_N1 * (d_N <= clip).to(acc)[:, None]
+    if clip is not None and clip_mode == "element":
+        ls = _log_softmax_(a, _scaled_(z, s_NV, tau))
+        lt = _log_softmax_(c, _scaled_(z, t_NV, tau))
+        ps, pt = ls.exp(), lt.exp()
+        lm = _mixture_log_(more[0], ps, pt, beta) if kind == "jsd" else None
+        live = _elements_(z, ls, lt, ps, pt, lm, kind, beta).le_(clip)  # u_v (clamp's gradient: x <= max)
+        if kind == "fkl":
+            h = pt.neg_()
+        elif kind == "rkl":
+            h = ls.sub_(lt).add_(1.0).mul_(ps)
+        else:
+            h = ls.sub_(lm).mul_(ps).mul_(1 - beta)
+        h.mul_(live)
+        return h.sub_(ps.mul_(h.sum(-1, keepdim=True))).mul_(g_N1)
+    if kind == "fkl":  # S - T
+        ps = _softmax_(a, _scaled_(z, s_NV, tau))
+        gz = ps.sub_(_softmax_(c, _scaled_(z, t_NV, tau)))
+    else:
+        ls = _log_softmax_(a, _scaled_(z, s_NV, tau))
+        lt = _log_softmax_(c, _scaled_(z, t_NV, tau))
+        ps = torch.exp(ls, out=z)
+        if kind == "rkl":  # S (log S - log T - D)
+            gz = ls.sub_(lt).sub_(aux_N[:, None]).mul_(ps)
+        else:  # (1 - beta) S (log S - log M - KL(S || M))
+            lm = _mixture_log_(lt, ps, lt.exp_(), beta)
+            gz = ls.sub_(lm).sub_(aux_N[:, None]).mul_(ps).mul_(1 - beta)
+    return gz.mul_(g_N1)
+
+
 class _FullVocabDivergence(torch.autograd.Function):
-    """Chunked full-vocabulary divergence that saves its inputs (references) and one [B, T] statistic.
+    """Chunked full-vocabulary divergence over a [B, T, V] logits tensor, block by block (`block_divergence`).
 
     Forward and backward each work in a few preallocated [chunk, V] blocks of the accumulation dtype (3, or 5 for
-    jsd's forward) with fused (log-)softmax kernels and in-place / out= ops, and backward recomputes both
-    distributions and writes chunk by chunk into the one [B, T, V] gradient it returns. The statistic saved for the
-    gradient's centring term is D itself (rkl) or KL(S || M) (jsd).
+    jsd) and write the one [B, T, V] gradient chunk by chunk. Saves its inputs (references) and a [B, T, 2]
+    statistic. Returns D_BT and the (non-differentiable) per-position statistics [B, T, 3] (zeros without stats).
     """
 
     @staticmethod
-    def forward(ctx, s_BTV, t_BTV, lengths, kind, beta, tau, chunk):
+    def forward(ctx, s_BTV, t_BTV, lengths, kind, beta, tau, chunk, clip, clip_mode, with_stats):
         acc = _acc(s_BTV.dtype)
         B, T, V = s_BTV.shape
-        D_BT, aux_BT = s_BTV.new_zeros(B, T, dtype=acc), s_BTV.new_zeros(B, T, dtype=acc)
-        buf = s_BTV.new_empty(5 if kind == "jsd" else 3, _block_rows(lengths, T, chunk), V, dtype=acc)
+        D_BT, saved_BT2 = s_BTV.new_zeros(B, T, dtype=acc), s_BTV.new_zeros(B, T, 2, dtype=acc)
+        stats_BT3 = s_BTV.new_zeros(B, T, len(STAT_KEYS), dtype=acc)
+        buf = s_BTV.new_empty(block_buffers(kind), _block_rows(lengths, T, chunk), V, dtype=acc)
         for b, sl in _spans(lengths, T, chunk):
-            z, ls, lt, *jsd_bufs = buf[:, : sl.stop - sl.start].unbind(0)
-            _log_softmax_(ls, _scaled_(z, s_BTV[b, sl], tau))
-            _log_softmax_(lt, _scaled_(z, t_BTV[b, sl], tau))
-            if kind == "fkl":  # sum T (log T - log S)
-                D_BT[b, sl] = _dot_(torch.exp(lt, out=z), lt.sub_(ls))
-            elif kind == "rkl":  # sum S (log S - log T)
-                D_BT[b, sl] = aux_BT[b, sl] = _dot_(torch.exp(ls, out=z), ls.sub_(lt))
-            else:  # beta KL(T || M) + (1 - beta) KL(S || M), M = beta T + (1 - beta) S
-                pt, lm = jsd_bufs
-                ps = torch.exp(ls, out=z)
-                _mixture_log_(lm, ps, torch.exp(lt, out=pt), beta)
-                aux_BT[b, sl] = kl_sm = _dot_(ls.sub_(lm), ps)
-                D_BT[b, sl] = beta * _dot_(lt.sub_(lm), pt) + (1 - beta) * kl_sm
-        ctx.save_for_backward(s_BTV, t_BTV, aux_BT)
-        ctx.args = (lengths, kind, beta, tau, chunk)
-        return D_BT
+            D_BT[b, sl], saved_BT2[b, sl], st = block_divergence(
+                s_BTV[b, sl],
+                t_BTV[b, sl],
+                kind=kind,
+                beta=beta,
+                tau=tau,
+                clip=clip,
+                clip_mode=clip_mode,
+                with_stats=with_stats,
+                work=buf,
+            )
+            if st is not None:
+                stats_BT3[b, sl] = st
+        ctx.save_for_backward(s_BTV, t_BTV, saved_BT2)
+        ctx.args = (lengths, kind, beta, tau, chunk, clip, clip_mode)
+        ctx.mark_non_differentiable(stats_BT3)
+        return D_BT, stats_BT3
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_BT):
-        s_BTV, t_BTV, aux_BT = ctx.saved_tensors
-        lengths, kind, beta, tau, chunk = ctx.args
-        acc = aux_BT.dtype
+    def backward(ctx, g_BT, _g_stats):
+        s_BTV, t_BTV, saved_BT2 = ctx.saved_tensors
+        lengths, kind, beta, tau, chunk, clip, clip_mode = ctx.args
         B, T, V = s_BTV.shape
         grad = _zero_beyond_lengths_(torch.empty(s_BTV.shape, dtype=s_BTV.dtype, device=s_BTV.device), lengths)
-        buf = s_BTV.new_empty(3, _block_rows(lengths, T, chunk), V, dtype=acc)
-        scale = (1.0 - beta if kind == "jsd" else 1.0) / tau  # dD/dlogits = dD/dz / tau
+        buf = s_BTV.new_empty(block_buffers(kind), _block_rows(lengths, T, chunk), V, dtype=saved_BT2.dtype)
         for b, sl in _spans(lengths, T, chunk):
-            z, a, c = buf[:, : sl.stop - sl.start].unbind(0)
-            g_N1 = g_BT[b, sl, None].to(acc) * scale
-            if kind == "fkl":  # S - T
-                ps = _softmax_(a, _scaled_(z, s_BTV[b, sl], tau))
-                gz = ps.sub_(_softmax_(c, _scaled_(z, t_BTV[b, sl], tau)))
-            else:
-                ls = _log_softmax_(a, _scaled_(z, s_BTV[b, sl], tau))
-                lt = _log_softmax_(c, _scaled_(z, t_BTV[b, sl], tau))
-                ps = torch.exp(ls, out=z)
-                if kind == "rkl":  # S (log S - log T - D)
-                    gz = ls.sub_(lt).sub_(aux_BT[b, sl, None]).mul_(ps)
-                else:  # (1 - beta) S (log S - log M - KL(S || M)); (1 - beta) is in g_N1
-                    lm = _mixture_log_(lt, ps, lt.exp_(), beta)
-                    gz = ls.sub_(lm).sub_(aux_BT[b, sl, None]).mul_(ps)
-            torch.mul(gz, g_N1, out=grad[b, sl])
-        return grad, None, None, None, None, None, None
+            grad[b, sl] = block_divergence_grad(
+                s_BTV[b, sl],
+                t_BTV[b, sl],
+                saved_BT2[b, sl],
+                g_BT[b, sl],
+                kind=kind,
+                beta=beta,
+                tau=tau,
+                clip=clip,
+                clip_mode=clip_mode,
+                work=buf,
+            )
+        return grad, None, None, None, None, None, None, None, None, None
 
 
 class _GatheredLogSoftmax(torch.autograd.Function):
@@ -261,6 +446,8 @@ def per_token_divergence(
     topk: int = 50,
     lengths_B: Tensor | None = None,
     chunk_tokens: int = 512,
+    clip: float | None = None,
+    clip_mode: str = "token",
 ) -> Tensor:
     """D_t between softmax(teacher / tau) and softmax(student / tau) at every position (fp32; fp64 for fp64).
 
@@ -277,9 +464,49 @@ def per_token_divergence(
         topk: k of the top-k supports.
         lengths_B: valid positions per row (None = all T).
         chunk_tokens: positions per [chunk, V] fp32 block.
+        clip, clip_mode: None = off; "token" min(D_t, clip); "element" each per-entry term clamped before the sum.
     Returns: D_BT.
     """
+    return divergence_with_stats(
+        student_logits_BTV,
+        teacher_logits_BTV,
+        kind=kind,
+        beta=beta,
+        temperature=temperature,
+        support=support,
+        topk=topk,
+        lengths_B=lengths_B,
+        chunk_tokens=chunk_tokens,
+        clip=clip,
+        clip_mode=clip_mode,
+        with_stats=False,
+    )[0]
+
+
+def divergence_with_stats(
+    student_logits_BTV: Tensor,
+    teacher_logits_BTV: Tensor,
+    *,
+    kind: str,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    support: str = "full",
+    topk: int = 50,
+    lengths_B: Tensor | None = None,
+    chunk_tokens: int = 512,
+    clip: float | None = None,
+    clip_mode: str = "token",
+    with_stats: bool = True,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """`per_token_divergence` plus per-position statistics (no grad, 0 beyond each row's length).
+
+    Returns: (D_BT, stats) with stats[k] of shape [B, T] for k in STAT_KEYS: "clipped" (element mode: vocabulary
+    entries clamped at that position; token mode: 1.0 where D_t was clipped), "teacher_entropy" H(T) and
+    "student_entropy" H(S), on the divergence's support (top-k supports: over their k or k + 1 entries).
+    Empty dict when with_stats is False.
+    """
     kind, beta = resolve_divergence(kind, beta)
+    _check_clip(clip, clip_mode)
     if support not in SUPPORTS:
         raise ValueError(f"support {support!r} is not one of {list(SUPPORTS)}")
     if support != "full" and topk < 1:
@@ -289,7 +516,10 @@ def per_token_divergence(
     lengths = [T] * B if lengths_B is None else [min(max(int(n), 0), T) for n in lengths_B.tolist()]
     chunk = max(1, chunk_tokens)
     if support == "full":
-        return _FullVocabDivergence.apply(student_logits_BTV, teacher, lengths, kind, beta, temperature, chunk)
+        D_BT, st_BT3 = _FullVocabDivergence.apply(
+            student_logits_BTV, teacher, lengths, kind, beta, temperature, chunk, clip, clip_mode, with_stats
+        )
+        return D_BT, ({k: st_BT3[..., i] for i, k in enumerate(STAT_KEYS)} if with_stats else {})
     acc = _acc(student_logits_BTV.dtype)
     if support == "teacher_topk":  # OPSD --top_k_loss: both renormalised over the teacher's top k
         idx_BTK = _topk_indices(teacher, topk, lengths, chunk)
@@ -308,7 +538,28 @@ def per_token_divergence(
     valid_BT1 = (torch.arange(T, device=ls_BTK.device) < n_B1)[..., None]
     uniform = -math.log(ls_BTK.shape[-1])
     ls_BTK, lt_BTK = torch.where(valid_BT1, ls_BTK, uniform), torch.where(valid_BT1, lt_BTK, uniform)
-    return torch.where(valid_BT1[..., 0], divergence_from_logprobs(ls_BTK, lt_BTK, kind=kind, beta=beta), 0.0)
+    element = clip if clip_mode == "element" else None
+    e_BTK = _elements(ls_BTK, lt_BTK, kind=kind, beta=beta, element_clip=None)
+    D_BT = (e_BTK if element is None else e_BTK.clamp(max=element)).sum(-1)
+    if clip is not None and clip_mode == "token":
+        D_BT = D_BT.clamp(max=clip)
+    D_BT = torch.where(valid_BT1[..., 0], D_BT, 0.0)
+    if not with_stats:
+        return D_BT, {}
+    with torch.no_grad():
+        v = valid_BT1[..., 0].to(acc)
+        if clip is None:
+            clipped = torch.zeros_like(v)
+        elif clip_mode == "element":
+            clipped = (e_BTK.detach() > clip).sum(-1).to(acc)
+        else:
+            clipped = (e_BTK.detach().sum(-1) > clip).to(acc)
+        stats = {
+            "clipped": clipped * v,
+            "teacher_entropy": -_plogr(lt_BTK.exp(), lt_BTK).sum(-1) * v,
+            "student_entropy": -_plogr(ls_BTK.detach().exp(), ls_BTK.detach()).sum(-1) * v,
+        }
+    return D_BT, stats
 
 
 def sampled_token_loss(student_logp_BT: Tensor, teacher_logp_BT: Tensor) -> Tensor:

@@ -1,17 +1,20 @@
 """Rollout-reference overlap and PAINT's reveal ratio (how much of the reference solution the teacher sees).
 
-Pure Python (no torch). Follows spec/ALGORITHMS.md section 15 (PAINT, component 1): the overlap o in [0, 1] is the
-fraction of the reference covered by the rollout (ROUGE-L recall by default), the reveal ratio is
-rho = clip(rho_min + (1 - rho_min) * o, rho_min, 1), and the teacher keeps the first ceil(rho * n) reference units.
+Pure Python (no torch). Follows spec/ALGORITHMS.md section 15 (PAINT, component 1, and its 2026-12 box): the overlap
+o in [0, 1] is the fraction of the reference covered by the rollout: by default the recall of the reference's
+anchors (its last boxed answer, its formulas, its numbers), or a token-level recall (ROUGE-L, unigram, bigram); the
+reveal ratio is rho = clip(rho_min + (1 - rho_min) * x, rho_min, 1) with x = 1 - o (reveal more to a rollout far
+from the reference, the default) or x = o, and the teacher keeps the first ceil(rho * n) reference units.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Hashable, Sequence
 
-OVERLAP_METRICS = ("lcs_recall", "unigram_recall", "bigram_recall")
+OVERLAP_METRICS = ("lcs_recall", "unigram_recall", "bigram_recall")  # on token ids; anchor_recall is on text
 REVEAL_DIRECTIONS = ("more_when_close", "more_when_far")
 
 
@@ -46,6 +49,72 @@ def lcs_length(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
     return n - v.bit_count()
 
 
+_FORMULA = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+_NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
+_SPACE = re.compile(r"\s+")
+_SIZING = re.compile(r"\\(?:left|right|displaystyle|!|,|;|:)")
+
+
+def _norm_text(text: str) -> str:
+    """Formula / answer normal form: sizing commands and thin spaces dropped, then every whitespace."""
+    return _SPACE.sub("", _SIZING.sub("", text))
+
+
+def _norm_number(num: str) -> str:
+    """1,000 -> 1000; 2.50 -> 2.5; 3.0 -> 3."""
+    num = num.replace(",", "")
+    return num.rstrip("0").rstrip(".") if "." in num else num
+
+
+def _last_boxed(text: str) -> str | None:
+    """The content of the last \\boxed{...} (brace-matched), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 0, start + len("\\boxed")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1 : j]
+    return None
+
+
+def reference_anchors(reference: str) -> tuple[set[str], set[str]]:
+    """The anchors of a reference solution: (textual anchors, numbers), each normalised.
+
+    Textual: the last \\boxed{} content and every $...$, $$...$$, \\(...\\), \\[...\\] formula (whitespace and
+    sizing commands removed); numbers: every number in the text (thousands separators and trailing decimal zeros
+    removed). Empty anchors are dropped.
+    """
+    texts = {_norm_text(next(g for g in m.groups() if g is not None)) for m in _FORMULA.finditer(reference)}
+    boxed = _last_boxed(reference)
+    if boxed is not None:
+        texts.add(_norm_text(boxed))
+    return {t for t in texts if t}, {_norm_number(n) for n in _NUMBER.findall(reference)}
+
+
+def anchor_recall(rollout: str, reference: str) -> float:
+    """PAINT's overlap (spec section 15 box): the fraction of the reference's anchors that occur in the rollout.
+
+    A textual anchor occurs when its normal form is a substring of the rollout's (whitespace removed); a number
+    when the rollout contains the same number (as a whole number, not a digit run inside a longer one). A reference
+    without anchors gives 1.0 (nothing to recall).
+
+    Args:
+        rollout: the student's completion text.
+        reference: the reference solution text.
+    Returns: o in [0, 1].
+    """
+    texts, numbers = reference_anchors(reference)
+    if not texts and not numbers:
+        return 1.0
+    flat = _norm_text(rollout)
+    found = sum(t in flat for t in texts)
+    rollout_numbers = {_norm_number(n) for n in _NUMBER.findall(rollout)}
+    found += len(numbers & rollout_numbers)
+    return found / (len(texts) + len(numbers))
+
+
 def _ngram_recall(rollout: Sequence, reference: Sequence, n: int) -> float:
     """Clipped multiset n-gram matches divided by the number of reference n-grams (1.0 if the reference has none)."""
     ref = Counter(tuple(reference[i : i + n]) for i in range(len(reference) - n + 1))
@@ -78,11 +147,11 @@ def overlap(rollout: Sequence, reference: Sequence, *, metric: str = "lcs_recall
     raise ValueError(f"unknown overlap metric {metric!r}; choose from {OVERLAP_METRICS}")
 
 
-def reveal_ratio(o: float, *, rho_min: float = 0.25, direction: str = "more_when_close") -> float:
-    """PAINT's reveal ratio: rho = clip(rho_min + (1 - rho_min) * o, rho_min, 1).
+def reveal_ratio(o: float, *, rho_min: float = 0.25, direction: str = "more_when_far") -> float:
+    """PAINT's reveal ratio: rho = clip(rho_min + (1 - rho_min) * x, rho_min, 1).
 
-    "more_when_close" (project default) reveals more of the reference to a rollout that already follows it;
-    "more_when_far" uses 1 - o in place of o (help the lost student).
+    "more_when_far" (default; the paper's "when the student is poorly aligned, the teacher should reveal more",
+    spec section 15 box) uses x = 1 - o; "more_when_close" uses x = o (the earlier project default).
 
     Args:
         o: overlap in [0, 1] (see `overlap`).

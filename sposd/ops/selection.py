@@ -112,3 +112,39 @@ def prefix_length(wrong_len: int, *, mode: str = "all", witness_len: int | None 
             raise ValueError(f"prefix mode 'witness' needs witness_len >= 0, got {witness_len}")
         return min(wrong_len, witness_len)
     raise ValueError(f"unknown prefix mode {mode!r}; choose from {PREFIX_MODES}")
+
+
+def select_longest_minority(
+    lengths: list[int], classes: list[int | None], *, num_wrong: str = "one"
+) -> tuple[int, list[int]] | None:
+    """U-OPSD's rule on one group (spec section 14 box): the majority answer replaces the verified one.
+
+    The majority class is the answer class with the most members, if that count is unique and at least 2 (a tie or
+    a group of single votes has no majority). Witness = the shortest completion of the majority class; distilled =
+    the longest completion outside it (no answer counts as disagreeing), or all of them with num_wrong="all".
+    Ties go to the lowest index.
+
+    Args:
+        lengths: length of each completion (any unit; only compared).
+        classes: answer class of each completion (`Completion.answer_class`), None for no answer.
+        num_wrong: "one" or "all".
+    Returns: (witness_index, minority_indices), or None when the group has no majority or is unanimous.
+    """
+    if len(lengths) != len(classes):
+        raise ValueError(f"lengths and classes must have equal lengths, got {len(lengths)} and {len(classes)}")
+    if num_wrong not in NUM_WRONG_MODES:
+        raise ValueError(f"unknown num_wrong {num_wrong!r}; choose from {NUM_WRONG_MODES}")
+    counts: dict[int, int] = {}
+    for c in classes:
+        if c is not None:
+            counts[c] = counts.get(c, 0) + 1
+    ranked = sorted(counts.values(), reverse=True)
+    if not ranked or ranked[0] < 2 or (len(ranked) > 1 and ranked[1] == ranked[0]):
+        return None
+    top = next(c for c, n in counts.items() if n == ranked[0])
+    majority = [i for i, c in enumerate(classes) if c == top]
+    minority = [i for i, c in enumerate(classes) if c != top]
+    if not minority:
+        return None
+    witness = min(majority, key=lambda i: lengths[i])
+    return (witness, minority) if num_wrong == "all" else (witness, [max(minority, key=lambda i: lengths[i])])

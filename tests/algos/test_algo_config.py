@@ -1,6 +1,6 @@
 import pytest
 
-from sposd.algos.config import AlgoCfg
+from sposd.algos.config import AlgoCfg, ExposureCfg, PartialCfg, TipCfg
 
 
 def test_defaults_are_valid_grpo():
@@ -54,26 +54,33 @@ def test_variant_presets_validate():
 @pytest.mark.parametrize(
     "distill, field",
     [
-        ({"select": "tip", "tip_ratio": 0.0}, "tip_ratio"),
+        ({"select": "tip", "tip": lambda: TipCfg(ratio=0.0)}, "algo.distill.tip.ratio"),
         ({"select": "tip", "token_weight": "teacher_entropy"}, "token_weight"),
         ({"select": "tip", "interp_gamma": 0.1}, "interp_gamma"),
-        ({"tip_region": "q4"}, "tip_region"),
+        ({"tip": lambda: TipCfg(region="q4")}, "algo.distill.tip.region"),
         ({"divergence": "sg_topk_rkl"}, "sg_topk_rkl"),  # needs support student_topk / teacher_topk
         ({"support": "student_topk"}, "student_topk"),  # serves only sg_topk_rkl
         ({"divergence_after": "sg_topk_rkl"}, "divergence_after"),
         ({"divergence_switch_frac": 0.0}, "divergence_switch_frac"),
         ({"token_weight_tau": 0.0}, "token_weight_tau"),
         ({"prompt_weight_norm": "sum"}, "prompt_weight_norm"),
-        ({"exposure_window": 10, "exposure_update_every": 10}, "exposure_update_every"),
-        ({"exposure_progress": "reward"}, "exposure_progress"),
+        ({"exposure": lambda: ExposureCfg(window=10, update_every=10)}, "exposure.update_every"),
+        ({"exposure": lambda: ExposureCfg(progress="reward")}, "algo.distill.exposure.progress"),
+        ({"partial": lambda: PartialCfg(overlap="rouge")}, "algo.distill.partial.overlap"),
         ({"wrapper": "chatml"}, "wrapper"),
     ],
 )
 def test_new_distillation_slots_validate(distill, field):
-    from sposd.algos.config import DistillCfg
+    from sposd.algos.config import DistillCfg, ExposureCfg, PartialCfg, TipCfg  # noqa: F401  (the lambdas above)
 
     with pytest.raises(ValueError, match=field):
-        DistillCfg(**{"coef": 1.0, "context": "reference_solution", **distill})
+        DistillCfg(
+            **{
+                "coef": 1.0,
+                "context": "reference_solution",
+                **{k: v() if callable(v) else v for k, v in distill.items()},
+            }
+        )
 
 
 def test_shared_teacher_and_group_needs():

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from sposd.algos import get_algo
-from sposd.algos.config import AlgoCfg, DistillCfg
+from sposd.algos.config import AlgoCfg, DistillCfg, ExposureCfg
 from sposd.algos.controller import FEATURES, BetaPolicy, ExposureController
 
 ATESD = dict(coef=1.0, context="exposure_prefix", teacher="initial")
 
 
 def _ctrl(**kw) -> ExposureController:
-    return ExposureController(DistillCfg(**{**ATESD, **kw}), seed=0)
+    return ExposureController(DistillCfg(**ATESD, exposure=ExposureCfg(**kw)), seed=0)
 
 
 def test_beta_policy_parameters_exceed_one():
@@ -23,12 +23,12 @@ def test_beta_policy_parameters_exceed_one():
 
 
 def test_draws_are_in_the_unit_interval_held_for_a_window_and_reproducible():
-    c = _ctrl(exposure_window=3, exposure_update_every=6)
+    c = _ctrl(window=3, update_every=6)
     rhos = [c.begin_step(s, 12)["exposure/rho"] for s in range(1, 13)]
     assert all(0.0 <= r <= 1.0 for r in rhos)
     assert rhos[0:3] == [rhos[0]] * 3 and rhos[3:6] == [rhos[3]] * 3 and rhos[0] != rhos[3]
     assert len(c.decisions) == 4
-    c2 = _ctrl(exposure_window=3, exposure_update_every=6)
+    c2 = _ctrl(window=3, update_every=6)
     assert [c2.begin_step(s, 12)["exposure/rho"] for s in range(1, 13)] == rhos  # same seed, same draws
     state = torch.get_rng_state()
     _ctrl().begin_step(1, 10)
@@ -36,7 +36,7 @@ def test_draws_are_in_the_unit_interval_held_for_a_window_and_reproducible():
 
 
 def test_discounted_learning_progress_returns():
-    c = _ctrl(exposure_discount=0.5)
+    c = _ctrl(discount=0.5)
     c.decisions = [{"window": w, "state": torch.zeros(len(FEATURES)), "rho": 0.5} for w in range(4)]
     c.window_means = [0.1, 0.3, 0.2, 0.6]
     rets = {d["window"]: g for d, g in c.returns()}
@@ -47,7 +47,7 @@ def test_discounted_learning_progress_returns():
 
 def test_reinforce_moves_the_policy_towards_higher_reward():
     # reward = rho: draws above the policy's mean are rewarded; the mean of Beta(a, b) must rise
-    c = _ctrl(exposure_lr=0.05)
+    c = _ctrl(lr=0.05)
     state = torch.zeros(len(FEATURES))
     with torch.no_grad():
         a0, b0 = c.policy(state)
@@ -62,7 +62,7 @@ def test_reinforce_moves_the_policy_towards_higher_reward():
 
 def test_end_to_end_windows_update_and_state_dict():
     # accuracy rises in the window after a high rho: the decision's return is positive, the controller learns once
-    c = _ctrl(exposure_window=2, exposure_update_every=4)
+    c = _ctrl(window=2, update_every=4)
     out = {}
     for s in range(1, 5):
         m = c.begin_step(s, 4)
@@ -74,7 +74,7 @@ def test_end_to_end_windows_update_and_state_dict():
     assert out["exposure/decisions"] == 1 and out["exposure/return_mean"] == pytest.approx(0.4)
     assert len(c.decisions) == 1 and c.updates == 1  # window 1's decision waits for a window after it
     state = c.state_dict()
-    d = _ctrl(exposure_window=2, exposure_update_every=4)
+    d = _ctrl(window=2, update_every=4)
     d.load_state_dict(state)
     assert d.rho == c.rho and d.window_means == c.window_means and len(d.decisions) == 1
     for (n1, p1), (_, p2) in zip(c.policy.state_dict().items(), d.policy.state_dict().items(), strict=True):

@@ -9,8 +9,8 @@ import torch
 
 from sposd.algos import get_algo
 from sposd.algos.base import DistillBatch, Normalizer, PolicyBatch, TeacherContext
-from sposd.algos.config import AlgoCfg, DistillCfg
-from sposd.algos.distill import DistillTerm, distill_requests
+from sposd.algos.config import AlgoCfg, DistillCfg, TipCfg
+from sposd.algos.distill import METRIC_KEYS, DistillTerm, distill_requests
 from sposd.algos.grpo import PolicyGradientTerm
 from sposd.ops.divergence import per_token_divergence, teacher_support_entropy
 from sposd.types import Completion, Prompt, RolloutGroup
@@ -188,13 +188,7 @@ def test_term_without_distill_rows_is_a_connected_zero_with_the_same_metrics():
     mb = PolicyBatch(logp_BT=logp, old_logp_BT=logp.detach(), mask_BT=torch.ones(2, 3), adv_B=torch.zeros(2))
     out = DistillTerm(DistillCfg(**OPSD))(mb, Normalizer(1, 1, 1))
     assert out.loss.item() == 0 and out.loss.requires_grad
-    assert set(out.metrics) == {
-        "loss/distill",
-        "distill/tokens",
-        "distill/positions",
-        "distill/div_sum",
-        "distill/interp_tokens",
-    }
+    assert set(out.metrics) == set(METRIC_KEYS)
 
 
 def test_teacher_never_gets_a_gradient_and_clip_cuts_it():
@@ -245,12 +239,27 @@ def test_paint_interpolation_moves_the_teacher_only_at_mismatch_positions():
     student = torch.tensor([[[0.0, 0.0, 0.0], [9.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
     teacher = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
     t_before = teacher.clone()
-    cfg = DistillCfg(**{**OPSD, "interp_gamma": 0.5, "mismatch_q": 0.3})
+    cfg = DistillCfg(**{**OPSD, "interp_gamma": 0.5, "mismatch_q": 0.3, "interp_partner": "student"})
     out = DistillTerm(cfg)(_batch(student, teacher, lengths=[3], weights=[1.0]), Normalizer(1, 1, 1, 3.0))
     # ceil(.3 * 3) = 1 position: #1, z* = .5 * 0 + .5 * [9, 0, 0]
     torch.testing.assert_close(teacher[0, 1], torch.tensor([4.5, 0.0, 0.0]))
     torch.testing.assert_close(teacher[0, [0, 2]], t_before[0, [0, 2]])
     assert float(out.metrics["distill/interp_tokens"]) == 1
+
+
+def test_paint_interpolates_with_the_full_solution_teacher():
+    # the same mismatch position #1; the partner is the full-solution teacher's logits [2, 4, 0] there:
+    # z* = .5 * [0, 0, 0] + .5 * [2, 4, 0] = [1, 2, 0]; the student's logits play no part
+    student = torch.tensor([[[0.0, 0.0, 0.0], [9.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    teacher = torch.zeros(1, 3, 3)
+    partner = torch.tensor([[[5.0, 5.0, 5.0], [2.0, 4.0, 0.0], [5.0, 5.0, 5.0]]])
+    cfg = DistillCfg(**{**OPSD, "interp_gamma": 0.5, "mismatch_q": 0.3})
+    assert cfg.interp_partner == "full_solution_teacher"  # the default (spec section 15 box)
+    db = _batch(student, teacher, lengths=[3], weights=[1.0])
+    db.distill.partner_logits_DTV = partner
+    DistillTerm(cfg)(db, Normalizer(1, 1, 1, 3.0))
+    torch.testing.assert_close(teacher[0, 1], torch.tensor([1.0, 2.0, 0.0]))
+    torch.testing.assert_close(teacher[0, [0, 2]], torch.zeros(2, 3))
 
 
 # ---- the rest of the family: contexts, routing, prompt-weight normalisation ---------------------------------
@@ -384,7 +393,7 @@ def _tip_batch(D=2, T=6, V=9, seed=0, lengths=(6, 4)):
 def test_tip_token_weights_keep_floor_ratio_n_and_have_mean_one():
     student, teacher, lengths = _tip_batch()
     mb = _batch(student, teacher, lengths=lengths.tolist(), weights=[1.0, 1.0])
-    term = DistillTerm(DistillCfg(**{**TIP, "tip_ratio": 0.5}))
+    term = DistillTerm(DistillCfg(**TIP, tip=TipCfg(ratio=0.5)))
     stats = term.token_stats(mb.distill)
     assert [s.shape for s in stats] == [(6, 2), (4, 2)]
     w = term.token_weights(stats, [stats])
@@ -400,7 +409,7 @@ def test_tip_token_weights_keep_floor_ratio_n_and_have_mean_one():
 def test_tip_q3_region_draws_only_low_entropy_high_divergence_positions():
     student, teacher, lengths = _tip_batch(seed=1)
     mb = _batch(student, teacher, lengths=lengths.tolist(), weights=[1.0, 1.0])
-    term = DistillTerm(DistillCfg(**{**TIP, "tip_ratio": 1.0, "tip_region": "q3"}))
+    term = DistillTerm(DistillCfg(**TIP, tip=TipCfg(ratio=1.0, region="q3")))
     stats = term.token_stats(mb.distill)
     flat = torch.cat(stats)
     h_max, j_min = float(torch.quantile(flat[:, 0].double(), 0.5)), float(torch.quantile(flat[:, 1].double(), 0.8))

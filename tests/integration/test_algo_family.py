@@ -31,12 +31,13 @@ METHODS = {
     "cepo": G8,
     "ace": G8,
     "paced": G8,
-    "atesd": [*G1, "algo.distill.exposure_window=1", "algo.distill.exposure_update_every=2"],
+    "atesd": [*G1, "algo.distill.exposure.window=1", "algo.distill.exposure.update_every=2"],
     "tip": G1,
     "opsdc": G1,
     "gopd": G1,
     "sdzero": G1,
     "opsd_sgtopk": G1,
+    "uopsd": G8,
 }
 
 

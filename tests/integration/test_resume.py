@@ -109,7 +109,7 @@ def test_signal_checkpoints_requeues_and_the_resumed_run_is_exact(tiny_model_dir
     # policy, Adam state, features and pending decisions: one window per step, an update every 2) besides the
     # optimizer and the schedule.
     algo = ["algo=atesd", "algo.distill.teacher=ema", "algo.distill.ema_rate=0.5", "num_steps=4"]
-    algo += ["algo.distill.exposure_window=1", "algo.distill.exposure_update_every=2"]
+    algo += ["algo.distill.exposure.window=1", "algo.distill.exposure.update_every=2"]
     straight = tmp_path / "straight"
     _finish(_cmd(straight, tiny_model_dir, *algo, "train.checkpoint.every=0"))
 

@@ -154,7 +154,7 @@ def test_tip_sparse_path_at_full_retention_equals_the_dense_path(tiny_model_dir)
     # positions, under ZeRO-3. Keeping every position must give the dense OPSD(rkl) loss and the same update.
     import gc
 
-    from sposd.algos.config import AlgoCfg, DistillCfg
+    from sposd.algos.config import AlgoCfg, DistillCfg, TipCfg
 
     base = dict(coef=1.0, context="reference_solution", normalize="token_mean", teacher="current", divergence="rkl")
     dense_cfg = AlgoCfg(name="opsd", group_size=1, rl_coef=0.0, dual_clip_c=None, distill=DistillCfg(**base))
@@ -163,7 +163,7 @@ def test_tip_sparse_path_at_full_retention_equals_the_dense_path(tiny_model_dir)
         group_size=1,
         rl_coef=0.0,
         dual_clip_c=None,
-        distill=DistillCfg(**base, select="tip", tip_ratio=1.0),
+        distill=DistillCfg(**base, select="tip", tip=TipCfg(ratio=1.0)),
     )
     results = []
     for cfg in (dense_cfg, tip_cfg):
@@ -182,14 +182,16 @@ def test_tip_sparse_path_at_full_retention_equals_the_dense_path(tiny_model_dir)
 
 
 def test_tip_keeps_half_the_positions_on_the_learner(tiny_model_dir):
-    from sposd.algos.config import AlgoCfg, DistillCfg
+    from sposd.algos.config import AlgoCfg, DistillCfg, TipCfg
 
     cfg = AlgoCfg(
         name="tip",
         group_size=1,
         rl_coef=0.0,
         dual_clip_c=None,
-        distill=DistillCfg(coef=1.0, context="reference_solution", select="tip", tip_ratio=0.5, divergence="rkl"),
+        distill=DistillCfg(
+            coef=1.0, context="reference_solution", select="tip", tip=TipCfg(ratio=0.5), divergence="rkl"
+        ),
     )
     learner = _family_learner(tiny_model_dir, cfg)
     m = learner.train_step(_samples(), max_len=8)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sposd.ops.overlap import lcs_length, overlap, reveal_count, reveal_ratio
+from sposd.ops.overlap import anchor_recall, lcs_length, overlap, reference_anchors, reveal_count, reveal_ratio
 
 
 def lcs_dp(a, b) -> int:
@@ -114,10 +114,10 @@ def test_overlap_unknown_metric():
 
 
 def test_reveal_ratio_more_when_close():
-    assert reveal_ratio(0.0) == pytest.approx(0.25)  # floor rho_min
-    assert reveal_ratio(1.0) == pytest.approx(1.0)
-    assert reveal_ratio(0.5) == pytest.approx(0.625)  # 0.25 + 0.75 * 0.5
-    assert reveal_ratio(0.2, rho_min=0.5) == pytest.approx(0.6)  # 0.5 + 0.5 * 0.2
+    assert reveal_ratio(0.0, direction="more_when_close") == pytest.approx(0.25)  # floor rho_min
+    assert reveal_ratio(1.0, direction="more_when_close") == pytest.approx(1.0)
+    assert reveal_ratio(0.5, direction="more_when_close") == pytest.approx(0.625)  # 0.25 + 0.75 * 0.5
+    assert reveal_ratio(0.2, rho_min=0.5, direction="more_when_close") == pytest.approx(0.6)  # 0.5 + 0.5 * 0.2
 
 
 def test_reveal_ratio_more_when_far():
@@ -127,10 +127,10 @@ def test_reveal_ratio_more_when_far():
 
 
 def test_reveal_ratio_clips():
-    assert reveal_ratio(1.5) == 1.0
-    assert reveal_ratio(-1.0, rho_min=0.3) == pytest.approx(0.3)
-    assert reveal_ratio(0.7, rho_min=1.0) == 1.0
-    assert reveal_ratio(0.7, rho_min=0.0) == pytest.approx(0.7)
+    assert reveal_ratio(1.5, direction="more_when_close") == 1.0
+    assert reveal_ratio(-1.0, rho_min=0.3, direction="more_when_close") == pytest.approx(0.3)
+    assert reveal_ratio(0.7, rho_min=1.0, direction="more_when_close") == 1.0
+    assert reveal_ratio(0.7, rho_min=0.0, direction="more_when_close") == pytest.approx(0.7)
 
 
 def test_reveal_ratio_errors():
@@ -155,3 +155,30 @@ def test_reveal_count():
     assert reveal_count(0, 0.5) == 0
     assert reveal_count(27, 0.5) == 14  # ceil(13.5)
     assert reveal_count(7, 0.1) == 1  # ceil(0.7)
+
+
+# ---------------------------------------------------------------- anchor_recall (PAINT's overlap, spec 15 box)
+REF = r"Since $x^2 = 16$ and $x > 0$, we get $x = 4$. So 1,000 apples cost 4.50 each: \boxed{4}"
+
+
+def test_reference_anchors_hand_listed():
+    texts, numbers = reference_anchors(REF)
+    # formulas (whitespace removed) + the last boxed answer "4"; numbers: 2, 16, 0, 4, 1000, 4.5
+    assert texts == {"x^2=16", "x>0", "x=4", "4"}
+    assert numbers == {"2", "16", "0", "4", "1000", "4.5"}
+
+
+def test_anchor_recall_hand_computed():
+    # anchors: 4 textual + 6 numbers = 10. The rollout has "x = 4" (x=4 and 4 as substrings), numbers {4, 1000}:
+    # textual found: x=4, 4 -> 2; numbers found: 4, 1000 -> 2; o = 4 / 10
+    assert anchor_recall("I think x = 4, about 1000 of them", REF) == pytest.approx(0.4)
+    assert anchor_recall("no idea", REF) == 0.0
+    assert anchor_recall(REF, REF) == 1.0
+    # a number matches as a whole number: 16 does not contain the anchor "1000"; "41" is not "4"
+    assert anchor_recall("41", r"the answer is 4") == 0.0
+    assert anchor_recall("anything", "no anchors here") == 1.0  # nothing to recall
+
+
+def test_anchor_recall_normalises_formulas_and_numbers():
+    ref = r"We need \( \left( a + b \right) \) which is 2.50"
+    assert anchor_recall("so (a+b) = 2.5", ref) == 1.0
