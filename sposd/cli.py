@@ -35,8 +35,53 @@ def _conf_path() -> str:
 
 
 def _die(msg: str, code: int = 2) -> None:
+    """One line on stderr and the exit code every user mistake shares (sposd.errors.EXIT_USER_ERROR)."""
     print(f"sposd: error: {msg}", file=sys.stderr)
     sys.exit(code)
+
+
+def _precheck(command: str, argv: list[str]) -> None:
+    """Compose, validate and pre-flight the config of `sposd train|eval` before Hydra writes the run directory or
+    anything heavy loads (sposd/compose.py, sposd/preflight.py); a mistake exits here with one line."""
+    from sposd import preflight
+    from sposd.compose import MULTIRUN_FLAGS, ConfigError, compose_checked, first_point, wants_info
+    from sposd.errors import UserError
+
+    if wants_info(argv):
+        return
+    try:
+        cfg, run_dir = compose_checked(_conf_path(), command, first_point(argv))
+        if any(a in MULTIRUN_FLAGS for a in argv):
+            return  # each point's folder belongs to the sweep; the jobs may run elsewhere (SLURM)
+        if command == "eval":
+            preflight.preflight_eval(cfg, Path(run_dir))
+            return
+        # the ranks a launcher started: the process that launched them checked (and owns) the folder
+        from sposd.dist import launched_as_ranks
+
+        secondary = os.environ.get("SPOSD_CHILD_RANK") or (launched_as_ranks() and os.environ.get("RANK", "0") != "0")
+        moved = preflight.preflight_train(cfg, None if secondary else Path(run_dir))
+        if moved is not None:
+            print(f"sposd: moved the run that was in {run_dir} to {moved} (train.existing_run=move_aside)")
+    except (ConfigError, UserError) as e:
+        _die(str(e))
+
+
+def _run_dir_override(run_dir: Path) -> str:
+    """The `hydra.run.dir=...` override that points a rerun at run_dir (quoted for Hydra when needed)."""
+    import re
+
+    text = str(run_dir)
+    return f"hydra.run.dir={text}" if re.fullmatch(r"[\w./~+-]+", text) else f"'hydra.run.dir=\"{text}\"'"
+
+
+def _resume_hint(run_dir: Path) -> str:
+    from sposd.checkpoint import checkpoint_root, latest_checkpoint
+
+    ckpt = latest_checkpoint(checkpoint_root(run_dir))
+    if ckpt is None:
+        return "no checkpoint was written, so there is nothing to resume"
+    return f"to resume from {ckpt.name}, run the same command with {_run_dir_override(run_dir)}"
 
 
 def _relaunch_ranks(nproc: int, run_dir: str) -> None:
@@ -82,6 +127,7 @@ def _train_app() -> None:
 
     register_resolvers()
     register_configs()
+    _precheck("train", sys.argv[1:])
 
     @hydra.main(version_base="1.3", config_path=_conf_path(), config_name="train")
     def _main(cfg: DictConfig) -> None:
@@ -111,6 +157,8 @@ def _train_app() -> None:
             summary = train(tcfg, run_dir, resolved_config=OmegaConf.to_container(cfg, resolve=True))
         except UserError as e:
             _die(str(e))
+        except KeyboardInterrupt:  # before the loop's own handler was installed (start-up), or a second Ctrl-C
+            _die(f"interrupted; {_resume_hint(run_dir)}", code=130)
         if int(os.environ.get("RANK", "0")) == 0:
             _print_summary(summary)
         stopped = summary.get("stopped")
@@ -130,7 +178,7 @@ def _print_summary(summary: dict) -> None:
         print(
             f"stopped by {s['signal']} after step {s['step']}; checkpoint saved"
             + (f"; {s['requeue']}" if s.get("requeue") else "")
-            + ". Run the same command again to resume."
+            + f". To resume, run the same command with {_run_dir_override(Path(summary['run_dir']))}"
         )
         return
     if "base_accuracy" in summary:
@@ -158,6 +206,7 @@ def _eval_app() -> None:
     register_resolvers()
     register_configs()
     _check_benchmark_names(sys.argv[1:])
+    _precheck("eval", sys.argv[1:])
 
     @hydra.main(version_base="1.3", config_path=_conf_path(), config_name="eval")
     def _main(cfg: DictConfig) -> None:
@@ -179,7 +228,7 @@ def _eval_app() -> None:
         except KeyboardInterrupt:
             _die(
                 f"interrupted; finished problems are saved in {run_dir / 'samples.jsonl'}: rerun the same command "
-                f"with hydra.run.dir={run_dir} to resume",
+                f"with {_run_dir_override(run_dir)} to resume",
                 code=130,
             )
         print_results(results, run_dir)
@@ -274,18 +323,29 @@ def _export_app() -> None:
     import argparse
 
     ap = argparse.ArgumentParser(
-        prog="sposd export", description="Write the policy of a training checkpoint as a Hugging Face model."
+        prog="sposd export",
+        description="Write the policy of a training checkpoint as a Hugging Face model. The output folder must be "
+        "new or empty, or (with --overwrite) an earlier export; nothing else is ever replaced.",
     )
     ap.add_argument("checkpoint", type=Path, help="a checkpoints/step_N directory, or a run directory (its newest)")
-    ap.add_argument("out", type=Path, help="output directory (replaced atomically)")
+    ap.add_argument("out", type=Path, help="output folder: new, empty, or an earlier export (with --overwrite)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlier `sposd export` in OUT")
     args = ap.parse_args(sys.argv[1:])
-    from sposd.checkpoint import export_hf, resolve_resume
+    from sposd.checkpoint import check_export_target, export_hf, resolve_resume
+    from sposd.errors import UserError
+    from sposd.preflight import check_writable
 
     try:
+        if str(args.checkpoint) in ("auto", "never") or not args.checkpoint.exists():
+            raise FileNotFoundError(f"{args.checkpoint} does not exist; give a checkpoints/step_N or run directory")
         ckpt = resolve_resume(str(args.checkpoint), args.checkpoint)
-        out = export_hf(ckpt, args.out)
-    except (FileNotFoundError, ValueError) as e:
+        check_export_target(ckpt, args.out, overwrite=args.overwrite)  # before DeepSpeed loads
+        check_writable(args.out, "out")
+        out = export_hf(ckpt, args.out, overwrite=args.overwrite)
+    except (FileNotFoundError, ValueError, UserError) as e:
         _die(str(e))
+    except OSError as e:
+        _die(f"cannot write {args.out}: {e.strerror or e}")
     print(f"exported {ckpt} -> {out}")
 
 
@@ -309,6 +369,9 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = [f"sposd {cmd}", *rest]
     try:
         COMMANDS[cmd]()
+    except KeyboardInterrupt:  # Ctrl-C while importing or composing: nothing was written yet
+        print("sposd: interrupted", file=sys.stderr)
+        sys.exit(130)
     except BrokenPipeError:  # `sposd report DIR | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)

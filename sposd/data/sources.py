@@ -64,6 +64,7 @@ def load_records(
     min_terms: int = 2,
     max_terms: int = 3,
     answer_from_solution: bool | None = None,
+    require_id: bool | None = None,
 ) -> list[dict]:
     """Load records of one source.
 
@@ -78,6 +79,9 @@ def load_records(
         seed, max_operand, min_terms, max_terms: toy task only.
         answer_from_solution: when a row has no answer column, use the last \\boxed{} of its solution
             (default: the preset's setting for hf ids, else False).
+        require_id: a row without the id column is an error rather than "<source>-<row>" (default: when the id
+            column was named, in `fields` or the preset: a mapped column that is missing must not become
+            positional ids).
     """
     if kind not in KINDS:
         raise ValueError(f"data.kind={kind!r} is not valid; choose from {list(KINDS)}")
@@ -91,6 +95,8 @@ def load_records(
     mapping = _field_mapping(fields, preset.get("fields"))
     from_solution = preset.get("answer_from_solution", False) if answer_from_solution is None else answer_from_solution
     strip_dapo = preset.get("strip_dapo_instruction", False)
+    if require_id is None:
+        require_id = bool((fields or {}).get("id") or (preset.get("fields") or {}).get("id"))
     if kind == "local":
         if not path:
             raise ValueError("data.kind=local needs data.path=<file.jsonl|file.parquet>")
@@ -109,7 +115,7 @@ def load_records(
         if limit is not None and n >= limit:
             break
         rec = _to_record(row, mapping, where=f"{source}: {where}", default_id=f"{default_id}-{n}",
-                         answer_from_solution=from_solution)
+                         answer_from_solution=from_solution, require_id=require_id)
         if strip_dapo:
             rec["problem"] = strip_dapo_instruction(rec["problem"])
         out.append(rec)
@@ -203,7 +209,13 @@ def _read_hf(hf_id: str, config: str | None, split: str, limit: int | None) -> I
 
 
 def _to_record(
-    row: Any, mapping: dict[str, str | None], *, where: str, default_id: str, answer_from_solution: bool
+    row: Any,
+    mapping: dict[str, str | None],
+    *,
+    where: str,
+    default_id: str,
+    answer_from_solution: bool,
+    require_id: bool = False,
 ) -> dict:
     """Validate one source row and return it in our schema."""
     if not isinstance(row, dict):
@@ -246,5 +258,7 @@ def _to_record(
         raise missing("answer")
 
     rid = get("id")
+    if rid is None and require_id:
+        raise missing("id")
     rid = default_id if rid is None else text("id", rid, allow_number=True)
     return {"id": rid, "problem": problem, "answer": answer, "solution": solution}
