@@ -277,17 +277,31 @@ def _benchmark_options() -> list[str]:
     )
 
 
-def _grade_cmd() -> None:
+def _arg_parser(**kwargs):
+    """An argparse parser whose errors are sposd's one line (not a usage block), exit code 2."""
     import argparse
 
-    ap = argparse.ArgumentParser(
+    class OneLineParser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:
+            _die(f"{self.prog}: {message} (see {self.prog} --help)")
+
+    return OneLineParser(**kwargs)
+
+
+def _grade_cmd() -> None:
+    ap = _arg_parser(
         prog="sposd grade",
         description="Re-grade saved completions (no generation) and write DIR/graded.jsonl and DIR/results.json "
         "(the schema of `sposd eval`). Each input row needs benchmark, id, completion and answer (the gold answer); "
         "rows with the same benchmark and id are samples of one problem. `sposd eval`'s samples.jsonl is valid input.",
     )
     ap.add_argument("samples", type=Path, help="a JSONL file of completions, e.g. a run's samples.jsonl")
-    ap.add_argument("--out", type=Path, default=None, help="output folder (default: the input's folder)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: the input's folder, or its regraded/ when an evaluation's results.json is there)",
+    )
     ap.add_argument("--timeout-s", type=float, default=5.0, help="per-answer grading deadline (default 5)")
     ap.add_argument("--workers", type=int, default=None, help="grading processes (default min(4, cpus))")
     ap.add_argument(
@@ -303,26 +317,48 @@ def _grade_cmd() -> None:
 
     from sposd.evals.grade import GRADED, RESULTS, grade_file
     from sposd.evals.results import format_table
+    from sposd.errors import UserError
+    from sposd.preflight import check_writable
 
+    out = args.out
+    if out is None:  # beside the input, unless an evaluation's results.json is there: then in regraded/
+        out = args.samples.parent
+        if (out / RESULTS).exists() and not _is_grade_output(out / RESULTS):
+            out = out / "regraded"
+    try:
+        check_writable(out, "--out")
+        if (out / RESULTS).exists() and not _is_grade_output(out / RESULTS):
+            raise UserError(f"{out / RESULTS} is not from `sposd grade` (an evaluation's?): choose another --out DIR")
+    except UserError as e:
+        _die(str(e))
     try:
         results = grade_file(
             args.samples,
-            args.out,
+            out,
             timeout_s=args.timeout_s,
             num_workers=args.workers,
             answer_line_fallback=not args.no_answer_line_fallback,
         )
     except (FileNotFoundError, ValueError) as e:
         _die(str(e))
-    out = args.samples.parent if args.out is None else args.out
+    except OSError as e:
+        _die(f"cannot write {out}: {e.strerror or e}")
     print(format_table(results))
     print(f"results: {out / RESULTS}   graded: {out / GRADED}")
 
 
-def _export_app() -> None:
-    import argparse
+def _is_grade_output(path: Path) -> bool:
+    """Whether a results.json was written by `sposd grade` (settings.regraded), which alone it may replace."""
+    import json
 
-    ap = argparse.ArgumentParser(
+    try:
+        return "regraded" in json.loads(path.read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _export_app() -> None:
+    ap = _arg_parser(
         prog="sposd export",
         description="Write the policy of a training checkpoint as a Hugging Face model. The output folder must be "
         "new or empty, or (with --overwrite) an earlier export; nothing else is ever replaced.",
@@ -352,7 +388,10 @@ def _export_app() -> None:
 def _report_app() -> None:
     from sposd.report import main as report_main
 
-    report_main(sys.argv[1:])
+    try:
+        report_main(sys.argv[1:])
+    except OSError as e:  # an --out that cannot be written
+        _die(f"cannot write {e.filename or 'the report'}: {e.strerror or e}")
 
 
 COMMANDS = {"train": _train_app, "eval": _eval_app, "grade": _grade_cmd, "export": _export_app, "report": _report_app}

@@ -142,6 +142,11 @@ def hydra_error_line(e: BaseException) -> str:
     text = str(cause).splitlines()[0] if str(cause).strip() else msg.splitlines()[0]
     if key and text.startswith("Key ") and " not in " in text and dataclasses.is_dataclass(schema):
         return unknown_key_line(key, schema)
+    if key and text.startswith("Key ") and "not in struct" in text:  # a dict whose keys are fixed by its YAML
+        parent = getattr(cause, "parent_node", None)
+        keys = [str(k) for k in parent.keys()] if parent is not None else []
+        valid = f"; valid keys: {', '.join(keys)}" if keys else " (the selected option takes none)"
+        return f"{key} is not a key of {key.rpartition('.')[0] or 'the top level'}{valid}"
     if "mandatory value" in text.lower() and key:
         return f"{key}: a required value is missing ({text})"
     line = f"{key}: {text}" if key and key not in text else text

@@ -79,9 +79,9 @@ def load_records(
         seed, max_operand, min_terms, max_terms: toy task only.
         answer_from_solution: when a row has no answer column, use the last \\boxed{} of its solution
             (default: the preset's setting for hf ids, else False).
-        require_id: a row without the id column is an error rather than "<source>-<row>" (default: when the id
-            column was named, in `fields` or the preset: a mapped column that is missing must not become
-            positional ids).
+        require_id: a row without the id column is an error rather than "<source>-<row>" (default: when `fields`
+            or the preset maps id to another column: a mapped column that is missing must not become positional
+            ids).
     """
     if kind not in KINDS:
         raise ValueError(f"data.kind={kind!r} is not valid; choose from {list(KINDS)}")
@@ -95,8 +95,8 @@ def load_records(
     mapping = _field_mapping(fields, preset.get("fields"))
     from_solution = preset.get("answer_from_solution", False) if answer_from_solution is None else answer_from_solution
     strip_dapo = preset.get("strip_dapo_instruction", False)
-    if require_id is None:
-        require_id = bool((fields or {}).get("id") or (preset.get("fields") or {}).get("id"))
+    if require_id is None:  # `id: id` is the identity default (conf/data/local.yaml), not a choice of column
+        require_id = ((fields or {}).get("id") or (preset.get("fields") or {}).get("id") or "id") != "id"
     if kind == "local":
         if not path:
             raise ValueError("data.kind=local needs data.path=<file.jsonl|file.parquet>")
