@@ -239,6 +239,7 @@ def train(
     """
     from sposd.algos import get_algo
     from sposd.algos.config import REFERENCE_CONTEXTS
+    from sposd.data.sources import fit_prompt_lengths
     from sposd.data.teacher import TeacherPrompts
     from sposd.data.templates import make_prompt, stripped_template_ids
     from sposd.evaluate import TrainingEval
@@ -282,6 +283,10 @@ def train(
             prompt.prompt_ids = stripped_template_ids(tokenizer, prompt.prompt_ids)
         return prompt
 
+    train_records, skipped_long = fit_prompt_lengths(  # before any engine loads: a long prompt names its record
+        train_records, lambda r: len(to_prompt(r).prompt_ids), max_len=cfg.model.max_prompt_len,
+        policy=cfg.data.long_prompts, where=f"data={cfg.data.name}",
+    )  # fmt: skip
     algo = get_algo(cfg.algo.name)(cfg.algo, rollout_temperature=cfg.rollout.temperature, seed=cfg.seed)
     dcfg, mcfg = cfg.algo.distill, cfg.algo.adv_mod
     needs_solution = (
@@ -354,6 +359,8 @@ def train(
     sampler = PromptSampler(train_records, seed=cfg.seed, rank=rank, world=world)
     heldout_prompts = [to_prompt(r) for r in heldout_records[rank::world]]
     summary: dict = {"run_dir": str(run_dir)}
+    if skipped_long:
+        summary["data/skipped_long_prompts"] = skipped_long
     start, loop_state = 0, {}
     if resume is not None:  # optimizer, schedule, teacher, controllers, sampler and RNG as after step `start`
         start, loop_state = _restore(resume, meta, learner=learner, sampler=sampler, algo=algo, rank=rank)

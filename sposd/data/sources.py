@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +262,46 @@ def _to_record(
         raise missing("id")
     rid = default_id if rid is None else text("id", rid, allow_number=True)
     return {"id": rid, "problem": problem, "answer": answer, "solution": solution}
+
+
+# ---- prompt lengths -----------------------------------------------------------------------------------------
+# Tokens a problem's text may gain at the seams with its template (a byte-level token covers at least one byte,
+# so a problem of B UTF-8 bytes renders to at most B tokens plus the template's own, give or take a merge).
+_SEAM_TOKENS = 8
+
+
+def fit_prompt_lengths(
+    records: list[dict], prompt_len: Callable[[dict], int], *, max_len: int, policy: str, where: str
+) -> tuple[list[dict], int]:
+    """Check every record's rendered prompt against max_len at load; returns (records kept, records skipped).
+
+    Only records whose cheap bound (the template's tokens + the problem's UTF-8 bytes) could exceed max_len are
+    rendered, so a set of short problems costs one render.
+
+    Args:
+        prompt_len: the rendered prompt's token count of a record.
+        policy: data.long_prompts: "error" (UserError naming the first long record) or "skip" (drop them).
+        where: the data set, named in the message (e.g. "data=local").
+
+    Raises:
+        UserError: a long record under "error", or every record skipped.
+    """
+    from sposd.errors import UserError
+
+    if not records:
+        return records, 0
+    overhead = prompt_len({**records[0], "problem": ""}) + _SEAM_TOKENS
+    kept, skipped = [], 0
+    for rec in records:
+        if overhead + len(rec["problem"].encode()) <= max_len or (n := prompt_len(rec)) <= max_len:
+            kept.append(rec)
+            continue
+        if policy == "error":
+            raise UserError(
+                f"{where}: record {rec['id']!r} renders to a {n}-token prompt, longer than model.max_prompt_len="
+                f"{max_len}; raise model.max_prompt_len, or drop such records with data.long_prompts=skip"
+            )
+        skipped += 1
+    if not kept:
+        raise UserError(f"{where}: every record is longer than model.max_prompt_len={max_len}")
+    return kept, skipped
