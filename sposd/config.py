@@ -559,8 +559,25 @@ def register_configs() -> None:
         cs.store(group=group, name=f"base_{group}", node=node)
 
 
+def model_tag(name: str, path: str) -> str:
+    """A folder-name tag for the model actually used: the preset's name for the builtin model, else the path's
+    last part (`Qwen/Qwen3-8B` -> `Qwen3-8B`; a run's `.../10-00-00_ssopd_tiny/final` -> `10-00-00_ssopd_tiny-final`,
+    since `final` or `step_N` alone says nothing)."""
+    import re
+    from pathlib import PurePath
+
+    if path in ("builtin", "", None):
+        return name
+    p = PurePath(str(path).rstrip("/"))
+    tag = p.name
+    if (tag in ("final", "model", "hf") or tag.startswith("step_")) and p.parent.name:
+        tag = f"{p.parent.name}-{tag}"
+    return re.sub(r"[^\w.+-]", "_", tag) or name
+
+
 def register_resolvers() -> None:
-    """`${sposd.device:}`, `${sposd.nproc:}`, `${sposd.is_cuda:}`: what hardware=auto resolves to on this machine."""
+    """`${sposd.device:}`, `${sposd.nproc:}`, `${sposd.is_cuda:}`: what hardware=auto resolves to on this machine;
+    `${sposd.model_tag:name,path}`: the model's name in a folder name."""
     from omegaconf import OmegaConf
 
     def gpus() -> int:
@@ -568,6 +585,7 @@ def register_resolvers() -> None:
 
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
+    OmegaConf.register_new_resolver("sposd.model_tag", model_tag, replace=True)
     OmegaConf.register_new_resolver("sposd.device", lambda: "cuda" if gpus() else "cpu", replace=True)
     OmegaConf.register_new_resolver("sposd.nproc", lambda: max(gpus(), 1), replace=True)
     OmegaConf.register_new_resolver("sposd.is_cuda", lambda: gpus() > 0, replace=True)
