@@ -50,8 +50,10 @@ def evaluate(cfg: EvalAppCfg, run_dir: Path, *, engine=None, verifier=None, prog
         engine, verifier: injected components (tests); built from cfg when None.
         progress: show a progress bar (problems, samples/s, running Avg@k).
     """
+    from sposd.logging import quiet_libraries
     from sposd.models.paths import context_length, load_tokenizer, resolve_model_path
 
+    quiet_libraries(cfg.hardware.device, verbose=cfg.verbose)
     ev = cfg.eval
     run_dir.mkdir(parents=True, exist_ok=True)
 

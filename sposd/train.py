@@ -202,18 +202,16 @@ def _set_rng_state(state: dict) -> None:
 
 
 # ---- the loop ----------------------------------------------------------------------------------------------
-def _quiet_libraries(device: str) -> None:
-    """Keep the console for the progress bar: silence per-step deprecation chatter and loader bars."""
+def _quiet_libraries(device: str, *, verbose: bool = False) -> None:
+    """Keep the console for the progress bar (sposd/logging.py); the per-step deprecation chatter is off even
+    with verbose=true."""
     import warnings
 
-    if device == "cpu":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns that it found no GPU
+    from sposd.logging import quiet_libraries
+
+    quiet_libraries(device, verbose=verbose)
     for msg in (".*reduce_scatter_tensor.*", ".*all_gather_into_tensor.*", ".*reduce_op.*", ".*_get_vllm_tracer.*"):
         warnings.filterwarnings("ignore", message=msg)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 def train(
@@ -250,7 +248,7 @@ def train(
     from sposd.sync.weights import push_weights
 
     hw = cfg.hardware
-    _quiet_libraries(hw.device)
+    _quiet_libraries(hw.device, verbose=cfg.verbose)
     if hw.num_threads:
         torch.set_num_threads(hw.num_threads)
     rank, world = sdist.init_distributed(hw.device)
