@@ -403,6 +403,8 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     cmd, rest = argv[0], argv[1:]
+    if not any(a.lower() in ("verbose=true", "verbose=1", "verbose=yes") for a in rest):
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # c10's warnings: read once, when torch loads
     if cmd not in COMMANDS:
         _die(f"unknown command {cmd!r}; choose from {sorted(COMMANDS)}")
     sys.argv = [f"sposd {cmd}", *rest]
