@@ -315,9 +315,9 @@ def _grade_cmd() -> None:
     if args.workers is not None and args.workers < 1:
         _die(f"--workers must be >= 1, got {args.workers}")
 
+    from sposd.errors import UserError
     from sposd.evals.grade import GRADED, RESULTS, grade_file
     from sposd.evals.results import format_table
-    from sposd.errors import UserError
     from sposd.preflight import check_writable
 
     out = args.out

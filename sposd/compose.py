@@ -160,8 +160,9 @@ def _group_options(msg: str, group: str) -> list[str]:
     listed = re.findall(r"^\t(\S+)$", msg.split("Config search path")[0], flags=re.M)
     if listed:
         return [o for o in listed if not o.startswith("base_")]
-    from sposd.cli import _conf_path
     from pathlib import Path
+
+    from sposd.cli import _conf_path
 
     folder = Path(_conf_path()) / group
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []

@@ -140,7 +140,8 @@ class DataCfg:
         _check_positive("data.max_operand", self.max_operand)
         if not 1 <= self.min_terms <= self.max_terms:
             raise ValueError(
-                f"data.min_terms / data.max_terms need 1 <= min_terms <= max_terms, got {self.min_terms}, {self.max_terms}"
+                "data.min_terms / data.max_terms need 1 <= min_terms <= max_terms, got "
+                f"{self.min_terms}, {self.max_terms}"
             )
         _check_choice("data.long_prompts", self.long_prompts, ("error", "skip"))
         bad = set(self.fields) - {"id", "problem", "answer", "solution"}

@@ -10,7 +10,6 @@ learner's ZeRO-3 collectives and a few scalar all-reduces keep the ranks in step
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from dataclasses import asdict
