@@ -8,6 +8,7 @@ gives each rank an independent TP=1 engine.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -66,6 +67,8 @@ class VLLMEngine:
             trust_remote_code=trust_remote_code,
             worker_extension_cls="sposd.rollout.worker_ext.SposdWorkerExtension",
             enable_prefix_caching=True,
+            # the weight-loading bar only when vLLM's INFO lines show (verbose=true; sposd.logging.quiet_libraries)
+            use_tqdm_on_load=logging.getLogger("vllm").isEnabledFor(logging.INFO),
         )
         if device == "cuda":
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
