@@ -59,7 +59,8 @@ def _precheck(command: str, argv: list[str]) -> None:
         # the ranks a launcher started: the process that launched them checked (and owns) the folder
         from sposd.dist import launched_as_ranks
 
-        secondary = os.environ.get("SPOSD_CHILD_RANK") or (launched_as_ranks() and os.environ.get("RANK", "0") != "0")
+        rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+        secondary = os.environ.get("SPOSD_CHILD_RANK") or (launched_as_ranks() and rank != "0")
         moved = preflight.preflight_train(cfg, None if secondary else Path(run_dir))
         if moved is not None:
             print(f"sposd: moved the run that was in {run_dir} to {moved} (train.existing_run=move_aside)")
