@@ -144,13 +144,12 @@ def _train_app() -> None:
             _die(str(e))
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         from sposd.dist import launched_as_ranks
+        from sposd.preflight import check_launch
 
-        hw = tcfg.hardware
-        if hw.nodes > 1 and not launched_as_ranks():
-            _die(
-                f"hardware.nodes={hw.nodes} needs one process per rank on every node: launch it through SLURM "
-                "(-m hydra/launcher=slurm, or srun with one task per GPU) or torchrun --nnodes"
-            )
+        try:
+            check_launch(tcfg.hardware)  # also checked before Hydra ran; a multirun job gets here directly
+        except UserError as e:
+            _die(str(e))
         if tcfg.hardware.nproc > 1 and not launched_as_ranks():
             _relaunch_ranks(tcfg.hardware.nproc, str(run_dir))
             return

@@ -141,6 +141,17 @@ def cuda_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def check_launch(hw) -> None:
+    """More than one node needs a launcher that starts every rank (this process cannot start the others)."""
+    from sposd.dist import launched_as_ranks
+
+    if hw.nodes > 1 and not launched_as_ranks():
+        raise UserError(
+            f"hardware.nodes={hw.nodes} needs one process per rank on every node: launch it through SLURM "
+            "(-m hydra/launcher=slurm, or srun with one task per GPU) or torchrun --nnodes"
+        )
+
+
 def check_hardware(hw, *, gpus: int | None = None, ranks: bool = True) -> None:
     """GPU presets need GPUs here; vLLM tensor parallelism needs as many GPUs (the CPU build runs tp=1).
 
@@ -274,6 +285,7 @@ def preflight_train(cfg, run_dir: Path | None) -> Path | None:
         check_resume_point(
             cfg.train.resume, run_dir, world=cfg.hardware.nproc * cfg.hardware.nodes, num_steps=cfg.num_steps
         )
+    check_launch(cfg.hardware)
     check_hardware(cfg.hardware)
     check_wandb(cfg.logger)
     check_model_folder(cfg.model)
