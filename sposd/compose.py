@@ -72,7 +72,7 @@ def compose_checked(config_dir: str, config_name: str, overrides: list[str]):
         with init:
             cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     except Exception as e:  # Hydra and OmegaConf raise many types; each becomes one line
-        raise ConfigError(hydra_error_line(e)) from None
+        raise ConfigError(hydra_error_line(e, config_dir)) from None
     hydra_node = cfg.hydra
     with _open(cfg):
         del cfg["hydra"]
@@ -127,13 +127,13 @@ def unknown_key_line(full_key: str, schema: type) -> str:
 _MISSING_OPTION = re.compile(r"Could not (?:find|load) '([^']+)/([^']+)'")
 
 
-def hydra_error_line(e: BaseException) -> str:
+def hydra_error_line(e: BaseException, config_dir: str | None = None) -> str:
     """One line for a Hydra / OmegaConf composition error, without Hydra's advice to add `+`."""
     msg = str(e)
     m = _MISSING_OPTION.search(msg)
     if m:
         group, option = m.groups()
-        return f"{group}={option} is not an option of {group}; choose from {_group_options(msg, group)}"
+        return f"{group}={option} is not an option of {group}; choose from {_group_options(msg, group, config_dir)}"
     cause: Any = e
     while cause.__cause__ is not None:
         cause = cause.__cause__
@@ -155,14 +155,12 @@ def hydra_error_line(e: BaseException) -> str:
     return line
 
 
-def _group_options(msg: str, group: str) -> list[str]:
+def _group_options(msg: str, group: str, config_dir: str | None) -> list[str]:
     """The options Hydra listed in its message (base_* schemas left out), or the group's YAML files."""
     listed = re.findall(r"^\t(\S+)$", msg.split("Config search path")[0], flags=re.M)
     if listed:
         return [o for o in listed if not o.startswith("base_")]
     from pathlib import Path
 
-    from sposd.cli import _conf_path
-
-    folder = Path(_conf_path()) / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    folder = Path(config_dir or "") / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if config_dir and folder.is_dir() else []
