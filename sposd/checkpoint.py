@@ -115,10 +115,19 @@ def commit(root: Path, tmp: Path, step: int, meta: dict, *, keep: int) -> Path:
         os.replace(tmp, final)
         _fsync_dir(root)
         write_atomic(root / "latest", final.name + "\n")
-        for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        for old in prunable(root, step, keep=keep):
             shutil.rmtree(old, ignore_errors=True)
     sdist.barrier()
     return final
+
+
+def prunable(root: Path, step: int, *, keep: int) -> list[Path]:
+    """The checkpoints keep-last-N deletes after saving `step`: only those of earlier steps (this run's past, since
+    a run folder never holds two runs), so the one just written and `latest` always survive; keep 0 deletes none."""
+    if keep <= 0:
+        return []
+    older = [p for p in list_checkpoints(root) if int(_STEP_DIR.match(p.name).group(1)) < step]
+    return older[: max(len(older) - (keep - 1), 0)]
 
 
 def remove_partial(root: Path) -> None:
@@ -147,15 +156,48 @@ def save_model_files(ckpt_dir: Path, config, *, tokenizer=None) -> None:
             tokenizer.save_pretrained(Path(ckpt_dir) / "model")
 
 
-def export_hf(ckpt: Path, out_dir: Path) -> Path:
+EXPORT_MARKER = ".sposd_export"  # written into every export: what `--overwrite` may replace
+
+
+def check_export_target(ckpt: Path, out_dir: Path, *, overwrite: bool) -> None:
+    """`out_dir` may receive an export: new, empty, or (with overwrite) a previous export; never the checkpoint's
+    run or anything inside it, never a folder holding anything else.
+
+    Raises:
+        ValueError: one line naming the folder and what to do instead.
+    """
+    ckpt, out = Path(ckpt).resolve(), Path(out_dir).resolve()
+    if out == ckpt or ckpt.is_relative_to(out) or out.is_relative_to(ckpt):
+        raise ValueError(
+            f"{out_dir} contains or is inside the checkpoint {ckpt}: export to a folder outside its run"
+        )
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"{out_dir} is a file; export into a new or empty folder")
+    if not any(out.iterdir()):
+        return
+    if not (out / EXPORT_MARKER).is_file():
+        raise ValueError(
+            f"{out_dir} is not empty and is not an earlier `sposd export`; export into a new or empty folder"
+        )
+    if not overwrite:
+        raise ValueError(f"{out_dir} holds an earlier export; add --overwrite to replace it, or choose a new folder")
+
+
+def export_hf(ckpt: Path, out_dir: Path, *, overwrite: bool = False) -> Path:
     """Write the policy of a checkpoint as a Hugging Face model (config, safetensors, tokenizer), atomically.
 
     The ZeRO-3 shards are merged on the CPU by DeepSpeed's zero_to_fp32 (no process group, no GPU), then cast to
-    the model's saved dtype.
+    the model's saved dtype. The model is written into a fresh temporary folder beside `out_dir` and renamed into
+    place; only an earlier export (it holds EXPORT_MARKER) is ever replaced, and only with overwrite.
 
     Raises:
         FileNotFoundError: `ckpt` is not a complete checkpoint, or lacks its model/ or policy/ part.
+        ValueError: `out_dir` may not receive the export (check_export_target).
     """
+    import tempfile
+
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -166,6 +208,7 @@ def export_hf(ckpt: Path, out_dir: Path) -> Path:
     for part in ("model", "policy"):
         if not (ckpt / part).is_dir():
             raise FileNotFoundError(f"{ckpt} has no {part}/ directory: it was not written by `sposd train`")
+    check_export_target(ckpt, out_dir, overwrite=overwrite)
     config = AutoConfig.from_pretrained(ckpt / "model")
     state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="policy")
     model = AutoModelForCausalLM.from_config(config)
@@ -175,16 +218,34 @@ def export_hf(ckpt: Path, out_dir: Path) -> Path:
         raise ValueError(f"{ckpt}: parameters do not match the model: missing {missing}, unexpected {unexpected}")
     dtype = getattr(config, "torch_dtype", None) or getattr(config, "dtype", None) or torch.float32
     model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=out_dir.parent))  # ours alone
     try:
-        AutoTokenizer.from_pretrained(ckpt / "model").save_pretrained(tmp)
-    except (OSError, ValueError):  # a checkpoint of a model saved without a tokenizer: weights only
-        pass
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+        model.save_pretrained(tmp, safe_serialization=True)
+        try:
+            AutoTokenizer.from_pretrained(ckpt / "model").save_pretrained(tmp)
+        except (OSError, ValueError):  # a checkpoint of a model saved without a tokenizer: weights only
+            pass
+        write_atomic(tmp / EXPORT_MARKER, json.dumps({"checkpoint": str(ckpt.resolve())}) + "\n")
+        _replace_with(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out_dir
+
+
+def _replace_with(new: Path, out_dir: Path) -> None:
+    """Rename `new` to `out_dir`; an existing out_dir (empty, or an earlier export: checked before) goes first."""
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    if not out_dir.exists():
+        os.replace(new, out_dir)
+        return
+    assert (out_dir / EXPORT_MARKER).is_file(), f"{out_dir} is not an export"
+    old = out_dir.with_name(f".{out_dir.name}.replaced-{os.getpid()}")
+    os.replace(out_dir, old)
+    os.replace(new, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class StopSignals:

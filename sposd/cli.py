@@ -35,8 +35,54 @@ def _conf_path() -> str:
 
 
 def _die(msg: str, code: int = 2) -> None:
+    """One line on stderr and the exit code every user mistake shares (sposd.errors.EXIT_USER_ERROR)."""
     print(f"sposd: error: {msg}", file=sys.stderr)
     sys.exit(code)
+
+
+def _precheck(command: str, argv: list[str]) -> None:
+    """Compose, validate and pre-flight the config of `sposd train|eval` before Hydra writes the run directory or
+    anything heavy loads (sposd/compose.py, sposd/preflight.py); a mistake exits here with one line."""
+    from sposd import preflight
+    from sposd.compose import MULTIRUN_FLAGS, ConfigError, compose_checked, first_point, wants_info
+    from sposd.errors import UserError
+
+    if wants_info(argv):
+        return
+    try:
+        cfg, run_dir = compose_checked(_conf_path(), command, first_point(argv))
+        if any(a in MULTIRUN_FLAGS for a in argv):
+            return  # each point's folder belongs to the sweep; the jobs may run elsewhere (SLURM)
+        if command == "eval":
+            preflight.preflight_eval(cfg, Path(run_dir))
+            return
+        # the ranks a launcher started: the process that launched them checked (and owns) the folder
+        from sposd.dist import launched_as_ranks
+
+        rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+        secondary = os.environ.get("SPOSD_CHILD_RANK") or (launched_as_ranks() and rank != "0")
+        moved = preflight.preflight_train(cfg, None if secondary else Path(run_dir))
+        if moved is not None:
+            print(f"sposd: moved the run that was in {run_dir} to {moved} (train.existing_run=move_aside)")
+    except (ConfigError, UserError) as e:
+        _die(str(e))
+
+
+def _run_dir_override(run_dir: Path) -> str:
+    """The `hydra.run.dir=...` override that points a rerun at run_dir (quoted for Hydra when needed)."""
+    import re
+
+    text = str(run_dir)
+    return f"hydra.run.dir={text}" if re.fullmatch(r"[\w./~+-]+", text) else f"'hydra.run.dir=\"{text}\"'"
+
+
+def _resume_hint(run_dir: Path) -> str:
+    from sposd.checkpoint import checkpoint_root, latest_checkpoint
+
+    ckpt = latest_checkpoint(checkpoint_root(run_dir))
+    if ckpt is None:
+        return "no checkpoint was written, so there is nothing to resume"
+    return f"to resume from {ckpt.name}, run the same command with {_run_dir_override(run_dir)}"
 
 
 def _relaunch_ranks(nproc: int, run_dir: str) -> None:
@@ -82,6 +128,7 @@ def _train_app() -> None:
 
     register_resolvers()
     register_configs()
+    _precheck("train", sys.argv[1:])
 
     @hydra.main(version_base="1.3", config_path=_conf_path(), config_name="train")
     def _main(cfg: DictConfig) -> None:
@@ -97,13 +144,12 @@ def _train_app() -> None:
             _die(str(e))
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         from sposd.dist import launched_as_ranks
+        from sposd.preflight import check_launch
 
-        hw = tcfg.hardware
-        if hw.nodes > 1 and not launched_as_ranks():
-            _die(
-                f"hardware.nodes={hw.nodes} needs one process per rank on every node: launch it through SLURM "
-                "(-m hydra/launcher=slurm, or srun with one task per GPU) or torchrun --nnodes"
-            )
+        try:
+            check_launch(tcfg.hardware)  # also checked before Hydra ran; a multirun job gets here directly
+        except UserError as e:
+            _die(str(e))
         if tcfg.hardware.nproc > 1 and not launched_as_ranks():
             _relaunch_ranks(tcfg.hardware.nproc, str(run_dir))
             return
@@ -111,6 +157,8 @@ def _train_app() -> None:
             summary = train(tcfg, run_dir, resolved_config=OmegaConf.to_container(cfg, resolve=True))
         except UserError as e:
             _die(str(e))
+        except KeyboardInterrupt:  # before the loop's own handler was installed (start-up), or a second Ctrl-C
+            _die(f"interrupted; {_resume_hint(run_dir)}", code=130)
         if int(os.environ.get("RANK", "0")) == 0:
             _print_summary(summary)
         stopped = summary.get("stopped")
@@ -130,7 +178,7 @@ def _print_summary(summary: dict) -> None:
         print(
             f"stopped by {s['signal']} after step {s['step']}; checkpoint saved"
             + (f"; {s['requeue']}" if s.get("requeue") else "")
-            + ". Run the same command again to resume."
+            + f". To resume, run the same command with {_run_dir_override(Path(summary['run_dir']))}"
         )
         return
     if "base_accuracy" in summary:
@@ -162,6 +210,7 @@ def _eval_app() -> None:
     register_resolvers()
     register_configs()
     _check_benchmark_names(sys.argv[1:])
+    _precheck("eval", sys.argv[1:])
 
     @hydra.main(version_base="1.3", config_path=_conf_path(), config_name="eval")
     def _main(cfg: DictConfig) -> None:
@@ -183,7 +232,7 @@ def _eval_app() -> None:
         except KeyboardInterrupt:
             _die(
                 f"interrupted; finished problems are saved in {run_dir / 'samples.jsonl'}: rerun the same command "
-                f"with hydra.run.dir={run_dir} to resume",
+                f"with {_run_dir_override(run_dir)} to resume",
                 code=130,
             )
         print_results(results, run_dir)
@@ -232,17 +281,31 @@ def _benchmark_options() -> list[str]:
     )
 
 
-def _grade_cmd() -> None:
+def _arg_parser(**kwargs):
+    """An argparse parser whose errors are sposd's one line (not a usage block), exit code 2."""
     import argparse
 
-    ap = argparse.ArgumentParser(
+    class OneLineParser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:
+            _die(f"{self.prog}: {message} (see {self.prog} --help)")
+
+    return OneLineParser(**kwargs)
+
+
+def _grade_cmd() -> None:
+    ap = _arg_parser(
         prog="sposd grade",
         description="Re-grade saved completions (no generation) and write DIR/graded.jsonl and DIR/results.json "
         "(the schema of `sposd eval`). Each input row needs benchmark, id, completion and answer (the gold answer); "
         "rows with the same benchmark and id are samples of one problem. `sposd eval`'s samples.jsonl is valid input.",
     )
     ap.add_argument("samples", type=Path, help="a JSONL file of completions, e.g. a run's samples.jsonl")
-    ap.add_argument("--out", type=Path, default=None, help="output folder (default: the input's folder)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: the input's folder, or its regraded/ when an evaluation's results.json is there)",
+    )
     ap.add_argument("--timeout-s", type=float, default=5.0, help="per-answer grading deadline (default 5)")
     ap.add_argument("--workers", type=int, default=None, help="grading processes (default min(4, cpus))")
     ap.add_argument(
@@ -256,47 +319,83 @@ def _grade_cmd() -> None:
     if args.workers is not None and args.workers < 1:
         _die(f"--workers must be >= 1, got {args.workers}")
 
+    from sposd.errors import UserError
     from sposd.evals.grade import GRADED, RESULTS, grade_file
     from sposd.evals.results import format_table
+    from sposd.preflight import check_writable
 
+    out = args.out
+    if out is None:  # beside the input, unless an evaluation's results.json is there: then in regraded/
+        out = args.samples.parent
+        if (out / RESULTS).exists() and not _is_grade_output(out / RESULTS):
+            out = out / "regraded"
+    try:
+        check_writable(out, "--out")
+        if (out / RESULTS).exists() and not _is_grade_output(out / RESULTS):
+            raise UserError(f"{out / RESULTS} is not from `sposd grade` (an evaluation's?): choose another --out DIR")
+    except UserError as e:
+        _die(str(e))
     try:
         results = grade_file(
             args.samples,
-            args.out,
+            out,
             timeout_s=args.timeout_s,
             num_workers=args.workers,
             answer_line_fallback=not args.no_answer_line_fallback,
         )
     except (FileNotFoundError, ValueError) as e:
         _die(str(e))
-    out = args.samples.parent if args.out is None else args.out
+    except OSError as e:
+        _die(f"cannot write {out}: {e.strerror or e}")
     print(format_table(results))
     print(f"results: {out / RESULTS}   graded: {out / GRADED}")
 
 
-def _export_app() -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(
-        prog="sposd export", description="Write the policy of a training checkpoint as a Hugging Face model."
-    )
-    ap.add_argument("checkpoint", type=Path, help="a checkpoints/step_N directory, or a run directory (its newest)")
-    ap.add_argument("out", type=Path, help="output directory (replaced atomically)")
-    args = ap.parse_args(sys.argv[1:])
-    from sposd.checkpoint import export_hf, resolve_resume
+def _is_grade_output(path: Path) -> bool:
+    """Whether a results.json was written by `sposd grade` (settings.regraded), which alone it may replace."""
+    import json
 
     try:
+        return "regraded" in json.loads(path.read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _export_app() -> None:
+    ap = _arg_parser(
+        prog="sposd export",
+        description="Write the policy of a training checkpoint as a Hugging Face model. The output folder must be "
+        "new or empty, or (with --overwrite) an earlier export; nothing else is ever replaced.",
+    )
+    ap.add_argument("checkpoint", type=Path, help="a checkpoints/step_N directory, or a run directory (its newest)")
+    ap.add_argument("out", type=Path, help="output folder: new, empty, or an earlier export (with --overwrite)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlier `sposd export` in OUT")
+    args = ap.parse_args(sys.argv[1:])
+    from sposd.checkpoint import check_export_target, export_hf, resolve_resume
+    from sposd.errors import UserError
+    from sposd.preflight import check_writable
+
+    try:
+        if str(args.checkpoint) in ("auto", "never") or not args.checkpoint.exists():
+            raise FileNotFoundError(f"{args.checkpoint} does not exist; give a checkpoints/step_N or run directory")
         ckpt = resolve_resume(str(args.checkpoint), args.checkpoint)
-        out = export_hf(ckpt, args.out)
-    except (FileNotFoundError, ValueError) as e:
+        check_export_target(ckpt, args.out, overwrite=args.overwrite)  # before DeepSpeed loads
+        check_writable(args.out, "out")
+        out = export_hf(ckpt, args.out, overwrite=args.overwrite)
+    except (FileNotFoundError, ValueError, UserError) as e:
         _die(str(e))
+    except OSError as e:
+        _die(f"cannot write {args.out}: {e.strerror or e}")
     print(f"exported {ckpt} -> {out}")
 
 
 def _report_app() -> None:
     from sposd.report import main as report_main
 
-    report_main(sys.argv[1:])
+    try:
+        report_main(sys.argv[1:])
+    except OSError as e:  # an --out that cannot be written
+        _die(f"cannot write {e.filename or 'the report'}: {e.strerror or e}")
 
 
 COMMANDS = {"train": _train_app, "eval": _eval_app, "grade": _grade_cmd, "export": _export_app, "report": _report_app}
@@ -308,11 +407,16 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     cmd, rest = argv[0], argv[1:]
+    if not any(a.lower() in ("verbose=true", "verbose=1", "verbose=yes") for a in rest):
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # c10's warnings: read once, when torch loads
     if cmd not in COMMANDS:
         _die(f"unknown command {cmd!r}; choose from {sorted(COMMANDS)}")
     sys.argv = [f"sposd {cmd}", *rest]
     try:
         COMMANDS[cmd]()
+    except KeyboardInterrupt:  # Ctrl-C while importing or composing: nothing was written yet
+        print("sposd: interrupted", file=sys.stderr)
+        sys.exit(130)
     except BrokenPipeError:  # `sposd report DIR | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)

@@ -25,6 +25,29 @@ def _check_positive(key: str, value: float, *, allow_zero: bool = False) -> None
         raise ValueError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def _check_range(key: str, value: float, low: float, high: float) -> None:
+    """low <= value <= high (both ends included)."""
+    if not low <= value <= high:
+        raise ValueError(f"{key} must be in [{low}, {high}], got {value}")
+
+
+def check_sampling(prefix: str, *, temperature: float, top_p: float, top_k: int, min_p: float = 0.0,
+                   allow_greedy: bool = False) -> None:
+    """The one validator of vLLM sampling settings (training rollouts and evaluations share it).
+
+    Args:
+        prefix: the config key holding them ("rollout", "eval"), named in the message.
+        allow_greedy: temperature 0 (greedy) is valid; training rollouts need > 0 (the loss divides by it).
+    """
+    _check_positive(f"{prefix}.temperature", temperature, allow_zero=allow_greedy)
+    if not 0 < top_p <= 1:
+        raise ValueError(f"{prefix}.top_p must be in (0, 1], got {top_p}")
+    if top_k == 0 or top_k < -1:
+        raise ValueError(f"{prefix}.top_k must be -1 (off) or >= 1, got {top_k}")
+    if not 0 <= min_p < 1:
+        raise ValueError(f"{prefix}.min_p must be in [0, 1), got {min_p}")
+
+
 @dataclass(kw_only=True)
 class BuiltinModelCfg:
     """The embedded tiny model: architecture and supervised warm start (only used when model.path == 'builtin')."""
@@ -39,6 +62,20 @@ class BuiltinModelCfg:
     warmstart_batch_size: int = 32
     privileged_frac: float = 0.2
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                    "warmstart_batch_size"):
+            _check_positive(f"model.builtin.{key}", getattr(self, key))
+        _check_positive("model.builtin.warmstart_steps", self.warmstart_steps, allow_zero=True)
+        _check_positive("model.builtin.warmstart_lr", self.warmstart_lr)
+        _check_range("model.builtin.privileged_frac", self.privileged_frac, 0, 1)
+        _check_positive("model.builtin.seed", self.seed, allow_zero=True)
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"model.builtin needs hidden_size divisible by num_heads and num_heads by num_kv_heads, got "
+                f"{self.hidden_size}, {self.num_heads}, {self.num_kv_heads}"
+            )
 
 
 @dataclass(kw_only=True)
@@ -70,7 +107,12 @@ class ModelCfg:
 
 @dataclass(kw_only=True)
 class DataCfg:
-    """Where training prompts come from: the toy task, a local JSONL/parquet file, or a Hugging Face dataset."""
+    """Where training prompts come from: the toy task, a local JSONL/parquet file, or a Hugging Face dataset.
+
+    long_prompts: what to do with a record whose rendered prompt is longer than model.max_prompt_len: "error"
+        (stop at load, naming the record) or "skip" (drop it; summary.json counts them as
+        `data/skipped_long_prompts`).
+    """
 
     name: str = MISSING
     kind: str = MISSING
@@ -84,6 +126,7 @@ class DataCfg:
     max_operand: int = 19
     min_terms: int = 2
     max_terms: int = 3
+    long_prompts: str = "error"
 
     def __post_init__(self) -> None:
         _check_choice("data.kind", self.kind, ("toy", "local", "hf"))
@@ -91,11 +134,24 @@ class DataCfg:
             raise ValueError("data.kind=local needs data.path=<file.jsonl|file.parquet>")
         if self.kind == "hf" and not self.hf_id:
             raise ValueError("data.kind=hf needs data.hf_id=<owner/name>")
+        if self.limit is not None:
+            _check_positive("data.limit", self.limit)
+        _check_positive("data.num_heldout", self.num_heldout, allow_zero=True)
+        _check_positive("data.max_operand", self.max_operand)
+        if not 1 <= self.min_terms <= self.max_terms:
+            raise ValueError(
+                "data.min_terms / data.max_terms need 1 <= min_terms <= max_terms, got "
+                f"{self.min_terms}, {self.max_terms}"
+            )
+        _check_choice("data.long_prompts", self.long_prompts, ("error", "skip"))
         bad = set(self.fields) - {"id", "problem", "answer", "solution"}
         if bad:
             raise ValueError(
                 f"data.fields has unknown keys {sorted(bad)}; valid: ['answer', 'id', 'problem', 'solution']"
             )
+
+
+MIN_MICRO_BATCH_TOKENS = 64
 
 
 @dataclass(kw_only=True)
@@ -145,10 +201,18 @@ class HardwareCfg:
         _check_choice("hardware.zero_stage", self.zero_stage, (0, 1, 2, 3))
         _check_positive("hardware.nproc", self.nproc)
         _check_positive("hardware.nodes", self.nodes)
-        _check_positive("hardware.micro_batch_tokens", self.micro_batch_tokens)
+        if self.micro_batch_tokens < MIN_MICRO_BATCH_TOKENS:
+            raise ValueError(
+                f"hardware.micro_batch_tokens must be >= {MIN_MICRO_BATCH_TOKENS} (one micro-batch holds at least one "
+                f"padded sequence; smaller values only add passes), got {self.micro_batch_tokens}"
+            )
+        _check_positive("hardware.vllm_kv_cache_gb", self.vllm_kv_cache_gb)
         _check_positive("hardware.vllm_tp", self.vllm_tp)
         _check_positive("hardware.dist_timeout_min", self.dist_timeout_min)
         _check_choice("hardware.vllm_sleep_level", self.vllm_sleep_level, (1, 2))
+        if self.vllm_max_num_seqs is not None:
+            _check_positive("hardware.vllm_max_num_seqs", self.vllm_max_num_seqs)
+        _check_positive("hardware.num_threads", self.num_threads, allow_zero=True)
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             raise ValueError(
                 f"hardware.vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}"
@@ -181,14 +245,16 @@ class RolloutCfg:
     top_k: int = -1
 
     def __post_init__(self) -> None:
-        _check_positive("rollout.temperature", self.temperature)
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
+        check_sampling("rollout", temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
 
 
 @dataclass(kw_only=True)
 class OptimCfg:
-    """AdamW with linear warm-up then a constant, linear or cosine schedule; global grad-norm clip."""
+    """AdamW with linear warm-up then a constant, linear or cosine schedule; global grad-norm clip.
+
+    min_lr_ratio: the lr a linear / cosine decay ends at, as a fraction of lr, in [0, 1].
+    grad_clip: the global grad-norm bound; 0 = no clipping.
+    """
 
     lr: float = 1e-6
     weight_decay: float = 0.0
@@ -202,8 +268,13 @@ class OptimCfg:
     def __post_init__(self) -> None:
         _check_positive("optim.lr", self.lr)
         _check_choice("optim.schedule", self.schedule, ("constant", "linear", "cosine"))
-        if len(self.betas) != 2:
-            raise ValueError(f"optim.betas needs two values, got {self.betas}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas needs two values in [0, 1), got {self.betas}")
+        _check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        _check_positive("optim.eps", self.eps)
+        _check_positive("optim.warmup_steps", self.warmup_steps, allow_zero=True)
+        _check_range("optim.min_lr_ratio", self.min_lr_ratio, 0, 1)
+        _check_positive("optim.grad_clip (0 = off)", self.grad_clip, allow_zero=True)
 
 
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
@@ -257,13 +328,22 @@ class LoopCfg:
     Attributes:
         resume: "auto" (continue the newest complete checkpoint of this run directory, if any), "never", or the
             path of a checkpoint (checkpoints/step_N) or of a run directory (its newest checkpoint).
+        existing_run: what a fresh start (resume "never" or another run's checkpoint) does when the run directory
+            already holds a run: "refuse" (exit, naming a folder to use instead) or "move_aside" (rename the old
+            run to `<dir>.old-<N>` first). Runs are never mixed in one folder.
         checkpoint: when to save.
         eval: when to evaluate on benchmarks.
     """
 
     resume: str = "auto"
+    existing_run: str = "refuse"
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
     eval: TrainEvalCfg = field(default_factory=TrainEvalCfg)
+
+    def __post_init__(self) -> None:
+        _check_choice("train.existing_run", self.existing_run, ("refuse", "move_aside"))
+        if not self.resume:
+            raise ValueError("train.resume is empty; use auto, never, or the path of a checkpoint or run directory")
 
 
 # The user message of the evaluation protocol (spec/ALGORITHMS.md 0.7, siyan-zhao/OPSD eval/evaluate_math.py).
@@ -363,13 +443,8 @@ class EvalCfg:
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"eval.k must be >= 1, got {self.k}")
-        _check_positive("eval.temperature", self.temperature, allow_zero=True)
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"eval.top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k == 0 or self.top_k < -1:
-            raise ValueError(f"eval.top_k must be -1 (off) or >= 1, got {self.top_k}")
-        if not 0 <= self.min_p < 1:
-            raise ValueError(f"eval.min_p must be in [0, 1), got {self.min_p}")
+        check_sampling("eval", temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+                       allow_greedy=True)
         _check_positive("eval.max_new_tokens", self.max_new_tokens)
         if self.max_model_len is not None:
             _check_positive("eval.max_model_len", self.max_model_len)
@@ -382,6 +457,7 @@ class EvalCfg:
             raise ValueError(f"eval.limit must be >= 1 (or null for all), got {self.limit}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"eval.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        _check_positive("eval.results_every_s", self.results_every_s)
 
 
 @dataclass(kw_only=True)
@@ -399,8 +475,10 @@ class EvalAppCfg:
     benchmarks: dict[str, BenchmarkCfg] = field(default_factory=dict)
     seed: int = 0
     cache_dir: str = "~/.cache/sposd"
+    verbose: bool = False
 
     def __post_init__(self) -> None:
+        _check_positive("seed", self.seed, allow_zero=True)
         if not self.benchmarks:
             raise ValueError("no benchmarks selected; e.g. benchmarks=[aime24,aime25,hmmt25]")
         _check_benchmarks(self.benchmarks)
@@ -430,11 +508,16 @@ class TrainCfg:
     cache_dir: str = "~/.cache/sposd"
     run_dir: str = "."
     train: LoopCfg = field(default_factory=LoopCfg)
+    verbose: bool = False
 
     def __post_init__(self) -> None:
+        _check_positive("seed", self.seed, allow_zero=True)
         _check_positive("num_steps", self.num_steps, allow_zero=True)
         _check_positive("prompts_per_step", self.prompts_per_step)
+        _check_positive("heldout_samples", self.heldout_samples)
         _check_positive("heldout_every", self.heldout_every, allow_zero=True)
+        _check_positive("save_samples_every", self.save_samples_every, allow_zero=True)
+        self._check_cross_keys()
         if self.train.eval.every and not self.benchmarks:
             raise ValueError(f"train.eval.every={self.train.eval.every} needs benchmarks, e.g. benchmarks=[toy]")
         if self.train.eval.every:
@@ -449,6 +532,25 @@ class TrainCfg:
             raise ValueError(
                 f"prompts_per_step={self.prompts_per_step} must be divisible by the number of ranks "
                 f"hardware.nproc x hardware.nodes = {world}"
+            )
+
+    def _check_cross_keys(self) -> None:
+        """Checks that span groups (each group validates itself alone)."""
+        a = self.algo
+        group_relative = a.rl_coef > 0 and a.adv_mod.kind != "gopd"  # G-OPD's advantage is per token, not per group
+        if group_relative and a.group_size < 2:
+            raise ValueError(
+                f"algo={a.name} centres each reward on its group's mean, which needs algo.group_size >= 2 (got "
+                f"{a.group_size}: every advantage would be 0); raise it, or set algo.rl_coef=0 for distillation only"
+            )
+        # a micro-batch smaller than one sequence only adds passes (micro_batch_tokens=1 ran 25x slower); long
+        # sequences (Qwen3 presets, 10k tokens) may exceed it, so the bound is capped
+        floor = min(self.model.max_prompt_len + self.model.max_new_tokens, 1024)
+        if self.hardware.micro_batch_tokens < floor:
+            raise ValueError(
+                f"hardware.micro_batch_tokens={self.hardware.micro_batch_tokens} is below {floor} (one sequence of "
+                f"model.max_prompt_len + model.max_new_tokens, at most 1024): each micro-batch would hold a fraction "
+                f"of a sequence's budget; use >= {floor}"
             )
 
 
@@ -471,8 +573,25 @@ def register_configs() -> None:
         cs.store(group=group, name=f"base_{group}", node=node)
 
 
+def model_tag(name: str, path: str) -> str:
+    """A folder-name tag for the model actually used: the preset's name for the builtin model, else the path's
+    last part (`Qwen/Qwen3-8B` -> `Qwen3-8B`; a run's `.../10-00-00_ssopd_tiny/final` -> `10-00-00_ssopd_tiny-final`,
+    since `final` or `step_N` alone says nothing)."""
+    import re
+    from pathlib import PurePath
+
+    if path in ("builtin", "", None):
+        return name
+    p = PurePath(str(path).rstrip("/"))
+    tag = p.name
+    if (tag in ("final", "model", "hf") or tag.startswith("step_")) and p.parent.name:
+        tag = f"{p.parent.name}-{tag}"
+    return re.sub(r"[^\w.+-]", "_", tag) or name
+
+
 def register_resolvers() -> None:
-    """`${sposd.device:}`, `${sposd.nproc:}`, `${sposd.is_cuda:}`: what hardware=auto resolves to on this machine."""
+    """`${sposd.device:}`, `${sposd.nproc:}`, `${sposd.is_cuda:}`: what hardware=auto resolves to on this machine;
+    `${sposd.model_tag:name,path}`: the model's name in a folder name."""
     from omegaconf import OmegaConf
 
     def gpus() -> int:
@@ -480,6 +599,7 @@ def register_resolvers() -> None:
 
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
+    OmegaConf.register_new_resolver("sposd.model_tag", model_tag, replace=True)
     OmegaConf.register_new_resolver("sposd.device", lambda: "cuda" if gpus() else "cpu", replace=True)
     OmegaConf.register_new_resolver("sposd.nproc", lambda: max(gpus(), 1), replace=True)
     OmegaConf.register_new_resolver("sposd.is_cuda", lambda: gpus() > 0, replace=True)

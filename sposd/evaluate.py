@@ -50,8 +50,10 @@ def evaluate(cfg: EvalAppCfg, run_dir: Path, *, engine=None, verifier=None, prog
         engine, verifier: injected components (tests); built from cfg when None.
         progress: show a progress bar (problems, samples/s, running Avg@k).
     """
+    from sposd.logging import quiet_libraries
     from sposd.models.paths import context_length, load_tokenizer, resolve_model_path
 
+    quiet_libraries(cfg.hardware.device, verbose=cfg.verbose)
     ev = cfg.eval
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -74,6 +76,7 @@ def evaluate(cfg: EvalAppCfg, run_dir: Path, *, engine=None, verifier=None, prog
         max_model_len=max_model_len,
         seed=cfg.seed,
         inputs=inputs,
+        benches=benches,
     )
     check_resumable(run_dir / RESULTS, inputs)
     recorder = Recorder(run_dir, benches, settings=settings, k=ev.k, results_every_s=ev.results_every_s)
@@ -237,28 +240,45 @@ def eval_settings(
     seed: int,
     inputs: dict[str, dict],
     grading: dict | None = None,
+    benches: list[Benchmark] | None = None,
 ) -> dict:
-    """results.json's `settings`: everything that decided the numbers."""
+    """results.json's `settings`: everything that decided the numbers, as they ran.
+
+    With `benches`, the prompt and thinking switch are the benchmarks' own (the toy benchmark keeps its training
+    prompt, thinking off) and `sampling.max_new_tokens` is the largest budget a request had: eval.max_new_tokens
+    capped by max_model_len minus the shortest prompt (the setting is kept as `max_new_tokens_setting`).
+    """
+    prompt = {"template": ev.prompt, "enable_thinking": ev.enable_thinking}
+    budget = ev.max_new_tokens
+    if benches:
+        used = {(b.prompt, b.enable_thinking) for b in benches}
+        if len(used) == 1:
+            (template, thinking), = used
+            prompt = {"template": template, "enable_thinking": thinking}
+        else:
+            prompt = {"template": {b.name: b.prompt for b in benches},
+                      "enable_thinking": {b.name: b.enable_thinking for b in benches}}  # fmt: skip
+        shortest = min((len(p.prompt_ids) for b in benches for p in b.prompts), default=0)
+        budget = min(ev.max_new_tokens, max_model_len - shortest)
+    sampling = {
+        "k": ev.k,
+        "temperature": ev.temperature,
+        "top_p": ev.top_p,
+        "top_k": ev.top_k,
+        "min_p": ev.min_p,
+        "max_new_tokens": budget,
+        "engine": "vllm",
+        "engine_seed": seed,
+        "per_request_seed": None,
+    }
+    if budget != ev.max_new_tokens:
+        sampling["max_new_tokens_setting"] = ev.max_new_tokens
     return {
         "preset": ev.name,
         "seed": seed,
         "model": {"path": model_cfg_path, "resolved_path": model_path, "dtype": dtype, "max_model_len": max_model_len},
-        "sampling": {
-            "k": ev.k,
-            "temperature": ev.temperature,
-            "top_p": ev.top_p,
-            "top_k": ev.top_k,
-            "min_p": ev.min_p,
-            "max_new_tokens": ev.max_new_tokens,
-            "engine": "vllm",
-            "engine_seed": seed,
-            "per_request_seed": None,
-        },
-        "prompt": {
-            "template": ev.prompt,
-            "chat_template": "the model's, generation prompt added",
-            "enable_thinking": ev.enable_thinking,
-        },
+        "sampling": sampling,
+        "prompt": {**prompt, "chat_template": "the model's, generation prompt added"},
         "grading": grading
         or grading_settings(answer_line_fallback=ev.answer_line_fallback, timeout_s=ev.grade_timeout_s),
         "limit": ev.limit,
@@ -477,7 +497,7 @@ class TrainingEval:
         grading = grading_settings(answer_line_fallback=verifier.answer_line_fallback, timeout_s=verifier.timeout_s)
         settings = eval_settings(self.ev, model_path=self.model_path, model_cfg_path=c.model.path,
                                  dtype=c.model.dtype, max_model_len=self.max_model_len, seed=c.seed, inputs=inputs,
-                                 grading=grading)  # fmt: skip
+                                 grading=grading, benches=self.benches)  # fmt: skip
         settings["sampling"]["engine_seed"] = f"the training engine's: seed * 1000 + rank = {c.seed * 1000} + rank"
         return settings
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,58 @@ def redact_secrets(obj: Any) -> Any:
         return o
 
     return walk(obj)
+
+
+# Library loggers whose INFO / WARNING start-up lines crowd the console before the progress bar.
+LIBRARY_LOGGERS = ("vllm", "DeepSpeed", "torch", "torch.distributed", "transformers", "datasets", "accelerate",
+                   "huggingface_hub", "httpx", "urllib3", "filelock", "numexpr")  # fmt: skip
+
+
+class _ErrorsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+class _OwnInfoOnly(logging.Filter):
+    """On the console handler: below WARNING, only sposd's own records (a compiler's `gcc ...` lines logged on the
+    root logger by a library's build step are not)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.startswith(("sposd", "__main__"))
+
+
+def quiet_libraries(device: str, *, verbose: bool = False) -> None:
+    """Keep the console for sposd's own lines and the progress bar; `verbose=true` leaves the libraries alone.
+
+    Quiet: vLLM logs errors only (its level is read at import, so call this first), other libraries' loggers
+    pass errors only (a filter on the logger object survives the library setting its level at import), the
+    console shows no library INFO lines (the run's log file keeps them), warnings raised from library code are
+    hidden, and transformers shows no loader bars. Errors always show. torch's C++ warnings are silenced by the
+    CLI before torch is imported (TORCH_CPP_LOG_LEVEL, `cli.main`).
+    """
+    if device == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns that it found no GPU
+    if verbose:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")
+        return
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in LIBRARY_LOGGERS:
+        lib = logging.getLogger(name)
+        lib.setLevel(logging.ERROR)  # children (vllm.triton_utils...) inherit it, even before vLLM configures its own
+        if not any(isinstance(f, _ErrorsOnly) for f in lib.filters):
+            lib.addFilter(_ErrorsOnly())  # and a library that sets its own level at import is still filtered
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            if not any(isinstance(f, _OwnInfoOnly) for f in handler.filters):
+                handler.addFilter(_OwnInfoOnly())
+    # warnings attributed to library code (not to sposd's own modules) are hidden
+    warnings.filterwarnings("ignore", module=r"^(?!sposd\b)")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def write_atomic(path: Path, text: str) -> None:

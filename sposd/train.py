@@ -10,7 +10,6 @@ learner's ZeRO-3 collectives and a few scalar all-reduces keep the ranks in step
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from dataclasses import asdict, replace
@@ -195,18 +194,16 @@ def _set_rng_state(state: dict) -> None:
 
 
 # ---- the loop ----------------------------------------------------------------------------------------------
-def _quiet_libraries(device: str) -> None:
-    """Keep the console for the progress bar: silence per-step deprecation chatter and loader bars."""
+def _quiet_libraries(device: str, *, verbose: bool = False) -> None:
+    """Keep the console for the progress bar (sposd/logging.py); the per-step deprecation chatter is off even
+    with verbose=true."""
     import warnings
 
-    if device == "cpu":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns that it found no GPU
+    from sposd.logging import quiet_libraries
+
+    quiet_libraries(device, verbose=verbose)
     for msg in (".*reduce_scatter_tensor.*", ".*all_gather_into_tensor.*", ".*reduce_op.*", ".*_get_vllm_tracer.*"):
         warnings.filterwarnings("ignore", message=msg)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 def train(
@@ -232,6 +229,7 @@ def train(
     """
     from sposd.algos import get_algo
     from sposd.algos.config import REFERENCE_CONTEXTS
+    from sposd.data.sources import fit_prompt_lengths
     from sposd.data.teacher import TeacherPrompts
     from sposd.data.templates import make_prompt, stripped_template_ids
     from sposd.evaluate import TrainingEval
@@ -243,7 +241,7 @@ def train(
     from sposd.sync.weights import push_weights
 
     hw = cfg.hardware
-    _quiet_libraries(hw.device)
+    _quiet_libraries(hw.device, verbose=cfg.verbose)
     if hw.num_threads:
         torch.set_num_threads(hw.num_threads)
     rank, world = sdist.init_distributed(hw.device, timeout_min=hw.dist_timeout_min)
@@ -287,6 +285,10 @@ def train(
             prompt.prompt_ids = stripped_template_ids(tokenizer, prompt.prompt_ids)
         return prompt
 
+    train_records, skipped_long = fit_prompt_lengths(  # before any engine loads: a long prompt names its record
+        train_records, lambda r: len(to_prompt(r).prompt_ids), max_len=cfg.model.max_prompt_len,
+        policy=cfg.data.long_prompts, where=f"data={cfg.data.name}",
+    )  # fmt: skip
     algo = get_algo(cfg.algo.name)(cfg.algo, rollout_temperature=cfg.rollout.temperature, seed=cfg.seed)
     dcfg, mcfg = cfg.algo.distill, cfg.algo.adv_mod
     needs_solution = (
@@ -361,6 +363,8 @@ def train(
     sampler = PromptSampler(train_records, seed=cfg.seed, rank=rank, world=world)
     heldout_prompts = [to_prompt(r) for r in heldout_records[rank::world]]
     summary: dict = {"run_dir": str(run_dir)}
+    if skipped_long:
+        summary["data/skipped_long_prompts"] = skipped_long
     start, loop_state = 0, {}
     if resume is not None:  # optimizer, schedule, teacher, controllers, sampler and RNG as after step `start`
         start, loop_state = _restore(resume, meta, learner=learner, sampler=sampler, algo=algo, rank=rank)

@@ -106,10 +106,13 @@ def test_results_and_samples_contract(tiny_model_dir, tok, bench_file, tmp_path)
     assert b["source"]["kind"] == "local" and b["prompt"].startswith("{problem}")
     s = results["settings"]
     assert s["preset"] == "opsd_repo" and s["seed"] == 0
-    assert s["sampling"] == {"k": 3, "temperature": 1.0, "top_p": 0.95, "top_k": -1, "min_p": 0.0,
-                             "max_new_tokens": 38912, "engine": "vllm", "engine_seed": 0,
-                             "per_request_seed": None}  # fmt: skip
-    assert s["model"]["path"] == str(tiny_model_dir) and s["model"]["max_model_len"] <= 512  # the model's context
+    # what ran: 38,912 new tokens asked, but the model's context (<= 512) minus the shortest prompt capped it
+    mml = s["model"]["max_model_len"]
+    assert s["model"]["path"] == str(tiny_model_dir) and mml <= 512  # the model's context
+    assert 0 < s["sampling"]["max_new_tokens"] < mml and s["sampling"]["max_new_tokens_setting"] == 38912
+    assert {k: v for k, v in s["sampling"].items() if not k.startswith("max_new_tokens")} == {
+        "k": 3, "temperature": 1.0, "top_p": 0.95, "top_k": -1, "min_p": 0.0, "engine": "vllm", "engine_seed": 0,
+        "per_request_seed": None}  # fmt: skip
     assert s["prompt"]["enable_thinking"] is True and "last \\boxed" in s["grading"]["extraction"]
     assert set(results["versions"]) >= {"sposd", "vllm", "torch", "transformers", "math-verify"}
     assert results["macro"]["avg@k"] == b["avg@k"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ def load_records(
     min_terms: int = 2,
     max_terms: int = 3,
     answer_from_solution: bool | None = None,
+    require_id: bool | None = None,
 ) -> list[dict]:
     """Load records of one source.
 
@@ -78,6 +79,9 @@ def load_records(
         seed, max_operand, min_terms, max_terms: toy task only.
         answer_from_solution: when a row has no answer column, use the last \\boxed{} of its solution
             (default: the preset's setting for hf ids, else False).
+        require_id: a row without the id column is an error rather than "<source>-<row>" (default: when `fields`
+            or the preset maps id to another column: a mapped column that is missing must not become positional
+            ids).
     """
     if kind not in KINDS:
         raise ValueError(f"data.kind={kind!r} is not valid; choose from {list(KINDS)}")
@@ -91,6 +95,8 @@ def load_records(
     mapping = _field_mapping(fields, preset.get("fields"))
     from_solution = preset.get("answer_from_solution", False) if answer_from_solution is None else answer_from_solution
     strip_dapo = preset.get("strip_dapo_instruction", False)
+    if require_id is None:  # `id: id` is the identity default (conf/data/local.yaml), not a choice of column
+        require_id = ((fields or {}).get("id") or (preset.get("fields") or {}).get("id") or "id") != "id"
     if kind == "local":
         if not path:
             raise ValueError("data.kind=local needs data.path=<file.jsonl|file.parquet>")
@@ -109,7 +115,7 @@ def load_records(
         if limit is not None and n >= limit:
             break
         rec = _to_record(row, mapping, where=f"{source}: {where}", default_id=f"{default_id}-{n}",
-                         answer_from_solution=from_solution)
+                         answer_from_solution=from_solution, require_id=require_id)
         if strip_dapo:
             rec["problem"] = strip_dapo_instruction(rec["problem"])
         out.append(rec)
@@ -203,7 +209,13 @@ def _read_hf(hf_id: str, config: str | None, split: str, limit: int | None) -> I
 
 
 def _to_record(
-    row: Any, mapping: dict[str, str | None], *, where: str, default_id: str, answer_from_solution: bool
+    row: Any,
+    mapping: dict[str, str | None],
+    *,
+    where: str,
+    default_id: str,
+    answer_from_solution: bool,
+    require_id: bool = False,
 ) -> dict:
     """Validate one source row and return it in our schema."""
     if not isinstance(row, dict):
@@ -246,5 +258,50 @@ def _to_record(
         raise missing("answer")
 
     rid = get("id")
+    if rid is None and require_id:
+        raise missing("id")
     rid = default_id if rid is None else text("id", rid, allow_number=True)
     return {"id": rid, "problem": problem, "answer": answer, "solution": solution}
+
+
+# ---- prompt lengths -----------------------------------------------------------------------------------------
+# Tokens a problem's text may gain at the seams with its template (a byte-level token covers at least one byte,
+# so a problem of B UTF-8 bytes renders to at most B tokens plus the template's own, give or take a merge).
+_SEAM_TOKENS = 8
+
+
+def fit_prompt_lengths(
+    records: list[dict], prompt_len: Callable[[dict], int], *, max_len: int, policy: str, where: str
+) -> tuple[list[dict], int]:
+    """Check every record's rendered prompt against max_len at load; returns (records kept, records skipped).
+
+    Only records whose cheap bound (the template's tokens + the problem's UTF-8 bytes) could exceed max_len are
+    rendered, so a set of short problems costs one render.
+
+    Args:
+        prompt_len: the rendered prompt's token count of a record.
+        policy: data.long_prompts: "error" (UserError naming the first long record) or "skip" (drop them).
+        where: the data set, named in the message (e.g. "data=local").
+
+    Raises:
+        UserError: a long record under "error", or every record skipped.
+    """
+    from sposd.errors import UserError
+
+    if not records:
+        return records, 0
+    overhead = prompt_len({**records[0], "problem": ""}) + _SEAM_TOKENS
+    kept, skipped = [], 0
+    for rec in records:
+        if overhead + len(rec["problem"].encode()) <= max_len or (n := prompt_len(rec)) <= max_len:
+            kept.append(rec)
+            continue
+        if policy == "error":
+            raise UserError(
+                f"{where}: record {rec['id']!r} renders to a {n}-token prompt, longer than model.max_prompt_len="
+                f"{max_len}; raise model.max_prompt_len, or drop such records with data.long_prompts=skip"
+            )
+        skipped += 1
+    if not kept:
+        raise UserError(f"{where}: every record is longer than model.max_prompt_len={max_len}")
+    return kept, skipped

@@ -94,8 +94,10 @@ def load_benchmark(name: str, bench: BenchmarkCfg, ev: EvalCfg, *, data: DataCfg
                 f"use one of {list(LOCAL_SUFFIXES)}"
             )
     limit = problem_limit(bench, ev, data=data)
+    # a named id column (benchmarks.<b>.fields.id, or the preset's) must exist: never positional ids instead
+    named_id = bool(bench.fields.get("id") or bench.hf_fields.get("id"))
     try:
-        records = load_records(**source, limit=limit)
+        records = load_records(**source, limit=limit, require_id=named_id if source["kind"] != "toy" else None)
     except ValueError as e:
         msg = str(e).replace("data.fields", f"benchmarks.{name}.fields")  # the loader speaks of training data
         if source["kind"] == "hf":

@@ -10,6 +10,7 @@ cuda:0. The CPU suite's 2-rank runs use the same executor.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -103,6 +104,8 @@ class VLLMEngine:
             # the log-probs of the distribution sampled from (after temperature, top-k/p): what the learner's
             # log softmax(z / T) is compared with at any temperature
             logprobs_mode="processed_logprobs",
+            # the weight-loading bar only when vLLM's INFO lines show (verbose=true; sposd.logging.quiet_libraries)
+            use_tqdm_on_load=logging.getLogger("vllm").isEnabledFor(logging.INFO),
         )
         if device == "cpu":
             # Per-request seeds give each request a torch.Generator; after a partial (chunked) prefill vLLM rewinds

@@ -130,7 +130,7 @@ def test_signal_checkpoints_requeues_and_the_resumed_run_is_exact(tiny_model_dir
     assert stopped["signal"] == "SIGUSR1" and stopped["step"] < 4 and "requeued SLURM job 4242" in stopped["requeue"]
     assert log.read_text().split() == ["requeue", "4242"]
     assert (run / "checkpoints" / f"step_{stopped['step']}" / "meta.json").is_file()
-    assert "Run the same command again to resume" in out
+    assert f"run the same command with hydra.run.dir={run}" in out  # the exact override to add
 
     _finish(cmd, env=slurm)  # the requeued job: the same command
     assert _steps(run) == [1, 2, 3, 4]
