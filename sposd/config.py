@@ -42,6 +42,23 @@ class BuiltinModelCfg:
 
 
 @dataclass(kw_only=True)
+class ModelShapeCfg:
+    """A model's published architecture (Hugging Face config.json names), for `sposd plan` without the weights.
+
+    0 = unknown; a local model's config.json, when there is one, wins over these.
+    """
+
+    hidden_size: int = 0
+    intermediate_size: int = 0
+    num_hidden_layers: int = 0
+    num_attention_heads: int = 0
+    num_key_value_heads: int = 0
+    head_dim: int = 0
+    vocab_size: int = 0
+    tie_word_embeddings: bool = False
+
+
+@dataclass(kw_only=True)
 class ModelCfg:
     """What to train: a Hugging Face id or local directory, or 'builtin' for the embedded tiny model.
 
@@ -59,6 +76,7 @@ class ModelCfg:
     max_teacher_prompt_len: int | None = None
     gradient_checkpointing: bool = False
     builtin: BuiltinModelCfg = field(default_factory=BuiltinModelCfg)
+    shape: ModelShapeCfg = field(default_factory=ModelShapeCfg)
 
     def __post_init__(self) -> None:
         _check_choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
@@ -250,11 +268,13 @@ class LoopCfg:
             path of a checkpoint (checkpoints/step_N) or of a run directory (its newest checkpoint).
         checkpoint: when to save.
         eval: when to evaluate on benchmarks.
+        ignore_memory_plan: start a GPU run whose memory plan (`sposd plan`) says it does not fit.
     """
 
     resume: str = "auto"
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
     eval: TrainEvalCfg = field(default_factory=TrainEvalCfg)
+    ignore_memory_plan: bool = False
 
 
 # The user message of the evaluation protocol (spec/ALGORITHMS.md 0.7, siyan-zhao/OPSD eval/evaluate_math.py).
