@@ -347,7 +347,11 @@ def device_bytes_here(device: str, nproc: int) -> float | None:
     if device == "cuda":
         import torch
 
-        return float(torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else None
+        if not torch.cuda.is_available():
+            return None
+        local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        index = local if local < torch.cuda.device_count() else 0  # one GPU bound per task: it is device 0
+        return float(torch.cuda.get_device_properties(index).total_memory)  # a property query: no CUDA context
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / max(nproc, 1)
     except (ValueError, OSError):
