@@ -7,6 +7,7 @@ learn or sync: verification, advantage computation, collation, logging.
 
     python scripts/bench_step.py                         # embedded default, 20 steps
     python scripts/bench_step.py num_steps=30 algo=dapo --json
+    python scripts/bench_step.py --startup               # also: `sposd train` start-up time (warm caches)
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for `sposd train`")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ap.add_argument(
+        "--startup",
+        action="store_true",
+        help="also time `sposd train num_steps=0` (start-up and teardown, no step) twice: a first run warms the "
+        "caches (warm-started model, compiled ops), the second is reported",
+    )
     args = ap.parse_args()
 
     from hydra import compose, initialize_config_dir
@@ -75,6 +82,10 @@ def main() -> None:
     ckpt = [r["time/checkpoint_s"] for r in rows if "time/checkpoint_s" in r]  # with train.checkpoint.every=N
     if ckpt:
         out["checkpoint_s"] = statistics.median(ckpt)
+    if args.startup:
+        out["startup_s"] = [startup_seconds(args.overrides) for _ in range(2)]
+        print(f"`sposd train num_steps=0` wall time: {out['startup_s'][0]:.1f} s, then {out['startup_s'][1]:.1f} s "
+              "(warm caches)")  # fmt: skip
     # peak resident memory of this process (learner + in-process vLLM + verifier parent), for comparing algorithms
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(
@@ -95,6 +106,23 @@ def main() -> None:
     print(f"peak RSS of the process: {out['peak_rss_gb']:.2f} GB")
     if args.json:
         print(json.dumps(out))
+
+
+def startup_seconds(overrides: list[str]) -> float:
+    """Wall seconds of a `sposd train` that builds everything and runs no step (the CLI, as a user starts it)."""
+    import subprocess
+    import time
+
+    run_dir = tempfile.mkdtemp(prefix="bench_startup_")
+    ours = ("num_steps", "heldout_eval", "save_final", "train.checkpoint.on_exit", "logger", "hydra.run.dir")
+    overrides = [o for o in overrides if o.split("=", 1)[0] not in ours]
+    cmd = [sys.executable, "-m", "sposd", "train", *overrides, "num_steps=0", "heldout_eval=false", "save_final=false",
+           "train.checkpoint.on_exit=false", "logger=jsonl", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"start-up run failed ({r.returncode}):\n{r.stderr[-2000:]}")
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

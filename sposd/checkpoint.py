@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
 import subprocess
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sposd import dist as sdist
@@ -246,6 +248,92 @@ def _replace_with(new: Path, out_dir: Path) -> None:
     os.replace(out_dir, old)
     os.replace(new, out_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class TrainState:
+    """Everything the training loop owns across steps, saved into and restored from one checkpoint.
+
+    The learner writes its own part (DeepSpeed shards, optimizer, LR schedule, teacher); this adds, per rank, the
+    RNG states, the prompt sampler and the algorithm's controllers, and on rank 0 the run's facts in meta.json.
+
+    Attributes:
+        step: the last finished step (0 before the first).
+        first_len: the mean response length at step 1 (`response/len_reduction` is relative to it).
+        base_accuracy: the held-out accuracy before training (None: not measured).
+        eval_history: every `train.eval.every` evaluation so far (for the last / best report).
+    """
+
+    step: int = 0
+    first_len: float | None = None
+    base_accuracy: float | None = None
+    eval_history: list[dict] = field(default_factory=list)
+
+    def save(self, run_dir: Path, *, learner, sampler, algo, tokenizer, run_meta: dict, keep: int) -> Path:
+        """Write checkpoint `self.step` (every rank: it is collective); returns its directory.
+
+        Args:
+            learner: has `save_state(dir)` and `module.config`; sampler, algo: have `state_dict()`.
+            run_meta: facts of the run checked on resume (world, num_steps, algo, seed).
+        """
+        import torch
+
+        root = checkpoint_root(run_dir)
+        tmp = begin(root, self.step)
+        learner.save_state(tmp)
+        rank_state = {
+            "rng": rng_state(),
+            "sampler": sampler.state_dict(),
+            "algo": algo.state_dict(),
+            "loop": {"first_len": self.first_len},
+        }
+        torch.save(rank_state, tmp / f"rank_{sdist.rank():05d}.pt")
+        save_model_files(tmp, learner.module.config, tokenizer=tokenizer)
+        fault_pause()
+        meta = {**run_meta, "eval_history": self.eval_history}
+        if self.base_accuracy is not None:
+            meta["base_accuracy"] = self.base_accuracy
+        return commit(root, tmp, self.step, meta, keep=keep)
+
+    @classmethod
+    def restore(cls, path: Path, *, learner, sampler, algo, rank: int) -> TrainState:
+        """Load checkpoint `path` into this rank's learner, sampler, algorithm and RNGs; returns the loop's state."""
+        import torch
+
+        meta = read_meta(path)
+        learner.load_state(path)
+        state = torch.load(path / f"rank_{rank:05d}.pt", map_location="cpu", weights_only=False)
+        sampler.load_state_dict(state["sampler"])
+        algo.load_state_dict(state.get("algo", {}))
+        set_rng_state(state["rng"])
+        return cls(
+            step=int(meta["step"]),
+            first_len=state.get("loop", {}).get("first_len"),
+            base_accuracy=meta.get("base_accuracy"),
+            eval_history=list(meta.get("eval_history", [])),
+        )
+
+
+def rng_state() -> dict:
+    """This process's Python, numpy, torch (and CUDA) RNG states."""
+    import numpy as np
+    import torch
+
+    out = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class StopSignals:

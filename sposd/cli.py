@@ -20,6 +20,8 @@ commands:
            sposd eval model.path=<HF dir or hub id> benchmarks=[aime24,aime25,hmmt25] eval.k=12
   grade    re-grade saved completions without generating: sposd grade <samples.jsonl> [--out DIR]
 
+  plan     the memory a train run needs per rank, and whether it fits (no GPU needed):
+           sposd plan model=qwen3-8b hardware=gpu8 [--gpu-gib 80] [--json]
   export   write a Hugging Face model from a training checkpoint: sposd export <checkpoint> <dir>
   report   table + plots of final and best metrics over a run or sweep: sposd report <dir>
 
@@ -389,6 +391,12 @@ def _export_app() -> None:
     print(f"exported {ckpt} -> {out}")
 
 
+def _plan_cmd() -> None:
+    from sposd.plan import main as plan_main
+
+    sys.exit(plan_main(sys.argv[1:]))
+
+
 def _report_app() -> None:
     from sposd.report import main as report_main
 
@@ -398,7 +406,14 @@ def _report_app() -> None:
         _die(f"cannot write {e.filename or 'the report'}: {e.strerror or e}")
 
 
-COMMANDS = {"train": _train_app, "eval": _eval_app, "grade": _grade_cmd, "export": _export_app, "report": _report_app}
+COMMANDS = {
+    "train": _train_app,
+    "eval": _eval_app,
+    "grade": _grade_cmd,
+    "plan": _plan_cmd,
+    "export": _export_app,
+    "report": _report_app,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

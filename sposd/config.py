@@ -79,6 +79,23 @@ class BuiltinModelCfg:
 
 
 @dataclass(kw_only=True)
+class ModelShapeCfg:
+    """A model's published architecture (Hugging Face config.json names), for `sposd plan` without the weights.
+
+    0 = unknown; a local model's config.json, when there is one, wins over these.
+    """
+
+    hidden_size: int = 0
+    intermediate_size: int = 0
+    num_hidden_layers: int = 0
+    num_attention_heads: int = 0
+    num_key_value_heads: int = 0
+    head_dim: int = 0
+    vocab_size: int = 0
+    tie_word_embeddings: bool = False
+
+
+@dataclass(kw_only=True)
 class ModelCfg:
     """What to train: a Hugging Face id or local directory, or 'builtin' for the embedded tiny model.
 
@@ -96,6 +113,7 @@ class ModelCfg:
     max_teacher_prompt_len: int | None = None
     gradient_checkpointing: bool = False
     builtin: BuiltinModelCfg = field(default_factory=BuiltinModelCfg)
+    shape: ModelShapeCfg = field(default_factory=ModelShapeCfg)
 
     def __post_init__(self) -> None:
         _check_choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
@@ -333,12 +351,14 @@ class LoopCfg:
             run to `<dir>.old-<N>` first). Runs are never mixed in one folder.
         checkpoint: when to save.
         eval: when to evaluate on benchmarks.
+        ignore_memory_plan: start a GPU run whose memory plan (`sposd plan`) says it does not fit.
     """
 
     resume: str = "auto"
     existing_run: str = "refuse"
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
     eval: TrainEvalCfg = field(default_factory=TrainEvalCfg)
+    ignore_memory_plan: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("train.existing_run", self.existing_run, ("refuse", "move_aside"))

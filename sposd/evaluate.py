@@ -446,7 +446,18 @@ class TrainingEval:
         mine = [p for b in self.benches for p in b.prompts[self.rank :: self.world]]
         batches = sample_and_grade(engine, verifier, mine, k=self.ev.k, sampling=eval_sampling(self.ev),
                                    fingerprints=recorder.fingerprints)  # fmt: skip
-        rows = [r for batch in batches for r in batch]
+        rows = []
+        bar = None
+        if self.rank == 0 and self.cfg.logger.console:  # this rank's share of the problems
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(mine), desc=f"eval step {step}", unit="problem", dynamic_ncols=True, leave=False)
+        for batch in batches:
+            rows += batch
+            if bar is not None:
+                bar.update(len({(r["benchmark"], r["id"]) for r in batch}))
+        if bar is not None:
+            bar.close()
         every_rank = [r for part in sdist.all_gather_objects(rows) for r in part]
         recorder.add(every_rank, save=False)
         results = recorder.results(complete=True)

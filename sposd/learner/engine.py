@@ -506,6 +506,7 @@ class DeepSpeedLearner:
         if self.teacher is not None:
             local = [float(j < len(plan) and any(samples[i].distilled for i in plan[j])) for j in range(n_max)]
             teacher_at = sdist.all_reduce(local, op="max") if n_max else []
+        lr = float(self.scheduler.get_last_lr()[0])  # the rate this update applies (the scheduler steps after it)
         t0 = time.perf_counter()
         token_w = self._token_prepass(samples, plan, teacher_at) if self.algo.needs_token_prepass else {}
         t_teacher = time.perf_counter() - t0
@@ -632,7 +633,7 @@ class DeepSpeedLearner:
         out_m = dict(zip(keys, summed[: len(keys)], strict=True))
         out_m["actor/rollout_logp_abs_diff"] = summed[-2] / max(summed[-1], 1.0)
         out_m["actor/grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
-        out_m["actor/lr"] = float(self.scheduler.get_last_lr()[0])
+        out_m["actor/lr"] = lr
         if self.teacher is not None:
             out_m["time/teacher_fwd_s"] = t_teacher
         return out_m

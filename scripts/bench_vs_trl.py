@@ -1,0 +1,214 @@
+#!/usr/bin/env python
+"""Seconds per GRPO step of sposd and of TRL's GRPOTrainer on the same job, run interleaved; prints the ratio.
+
+The job (the embedded default's): the warm-started toy model, the toy task's prompts in the order sposd's sampler
+draws them (seed 0), 16 prompts x 8 completions per step, 48 new tokens, temperature 1, one optimiser step per
+batch, clip 0.2 / 0.28, token-mean loss, AdamW lr 1e-4 with sposd's warm-up, fp32, no gradient checkpointing.
+TRL (the optional `bench` extra: `pip install -e .[bench]`) runs its default HF `generate` path.
+
+    python scripts/bench_vs_trl.py --reps 3 --steps 12 --json
+
+Each repetition runs sposd, then TRL, each in a fresh process; the first 2 steps of every run are warm-up. The ratio
+is sposd / TRL of the median step times (< 1: sposd is faster). On a shared machine, read the per-repetition ratios:
+a busy neighbour inflates whichever arm it overlaps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WARMUP = 2
+GROUP, PROMPTS, NEW_TOKENS, LR, SEED = 8, 16, 48, 1e-4, 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--model", default=None, help="HF model dir (default: the embedded default's warm-started model)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ap.add_argument("--trl-worker", default=None, help=argparse.SUPPRESS)  # internal: run the TRL arm into this dir
+    args = ap.parse_args()
+    if args.steps <= WARMUP:
+        sys.exit(f"--steps must be > {WARMUP} (the first {WARMUP} steps are warm-up)")
+    if args.trl_worker:
+        return trl_worker(Path(args.trl_worker), model=args.model, steps=args.steps)
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        sys.exit("TRL is not installed: pip install -e '.[bench]' (the optional `bench` extra)")
+    model = args.model or toy_model()
+    work = Path(tempfile.mkdtemp(prefix="bench_vs_trl_"))
+    write_prompts(model, work / "prompts.jsonl", steps=args.steps)
+    reps = []
+    for rep in range(args.reps):
+        sposd_s = run_sposd(model, work / f"sposd_{rep}", steps=args.steps)
+        trl_s = run_trl(model, work / f"trl_{rep}", steps=args.steps)
+        reps.append({"rep": rep + 1, "sposd_s": sposd_s, "trl_s": trl_s, "ratio": sposd_s / trl_s})
+        print(f"rep {rep + 1}: sposd {sposd_s:.3f} s/step, TRL {trl_s:.3f} s/step, sposd/TRL {sposd_s / trl_s:.2f}")
+    out = {
+        "sposd_s_median": statistics.median(r["sposd_s"] for r in reps),
+        "trl_s_median": statistics.median(r["trl_s"] for r in reps),
+        "ratio_median": statistics.median(r["ratio"] for r in reps),
+        "reps": reps,
+        "steps": args.steps,
+        "warmup_steps": WARMUP,
+        "job": {"prompts_per_step": PROMPTS, "group_size": GROUP, "max_new_tokens": NEW_TOKENS, "model": model},
+    }
+    print(f"median over {len(reps)} reps: sposd/TRL = {out['ratio_median']:.2f}")
+    if args.json:
+        print(json.dumps(out))
+
+
+def toy_model() -> str:
+    """The embedded default's warm-started tiny model (built once, cached)."""
+    from sposd.models.paths import resolve_model_path
+    from sposd.plan import compose_train_cfg
+
+    cfg = compose_train_cfg([])
+    return str(resolve_model_path(cfg.model, data=cfg.data, cache_dir=cfg.cache_dir))
+
+
+def write_prompts(model: str, path: Path, *, steps: int) -> None:
+    """The chat-rendered prompts of sposd's steps 1..steps, in order, with their answers (TRL reads them in order)."""
+    from transformers import AutoTokenizer
+
+    from sposd.data.sources import load_records
+    from sposd.data.templates import TOY_INSTRUCTION, build_user_message
+    from sposd.loop.rollouts import PromptSampler
+
+    tok = AutoTokenizer.from_pretrained(model)
+    sampler = PromptSampler(load_records(kind="toy", seed=SEED), seed=SEED, rank=0, world=1)
+    rows = []
+    for _ in range(steps):
+        for rec in sampler.next(PROMPTS):
+            msg = [{"role": "user", "content": build_user_message(rec["problem"], instruction=TOY_INSTRUCTION)}]
+            text = tok.apply_chat_template(msg, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+            rows.append({"prompt": text, "answer": str(rec["answer"])})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _median_after_warmup(times: list[float]) -> float:
+    return statistics.median(times[WARMUP:])
+
+
+def run_sposd(model: str, run_dir: Path, *, steps: int) -> float:
+    cmd = [
+        sys.executable,
+        "-m",
+        "sposd",
+        "train",
+        "algo=grpo",
+        "algo.clip_high=0.28",
+        "algo.loss_agg=token-mean",
+        f"model.path={model}",
+        f"num_steps={steps}",
+        f"prompts_per_step={PROMPTS}",
+        f"algo.group_size={GROUP}",
+        f"seed={SEED}",
+        "heldout_eval=false",
+        "save_final=false",
+        "save_samples_every=0",
+        "logger=jsonl",
+        "train.checkpoint.every=0",
+        "train.checkpoint.on_exit=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+    _run(cmd, "sposd")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return _median_after_warmup([r["time/step_s"] for r in rows])
+
+
+def run_trl(model: str, out: Path, *, steps: int) -> float:
+    cmd = [sys.executable, __file__, "--trl-worker", str(out), "--model", model, "--steps", str(steps)]
+    _run(cmd, "TRL")
+    return _median_after_warmup(json.loads((out / "step_times.json").read_text()))
+
+
+def _run(cmd: list[str], name: str) -> None:
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "WANDB_MODE": "disabled"})
+    if r.returncode:
+        sys.exit(f"the {name} run failed ({r.returncode}) after {time.perf_counter() - t0:.0f} s:\n{r.stderr[-3000:]}")
+
+
+# ---- the TRL arm (a process of its own) ------------------------------------------------------------------------
+def trl_worker(out: Path, *, model: str, steps: int) -> None:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from sposd.learner.engine import lr_lambda
+    from sposd.rewards.extract import extract_answer
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(x) for x in (out.parent / "prompts.jsonl").read_text().splitlines()]
+
+    def reward(completions, answer, **kwargs) -> list[float]:  # the toy task's integer answers, as sposd grades them
+        return [float(extract_answer(c) == str(a)) for c, a in zip(completions, answer, strict=True)]
+
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t0)
+
+    policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    opt = torch.optim.AdamW(policy.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_lambda(s, warmup=2, total=steps, schedule="constant", min_ratio=0.0)
+    )
+    config = GRPOConfig(
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=PROMPTS * GROUP,
+        num_generations=GROUP,
+        gradient_accumulation_steps=1,
+        num_iterations=1,
+        max_completion_length=NEW_TOKENS,
+        temperature=1.0,
+        top_p=1.0,
+        beta=0.0,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        loss_type="dapo",
+        scale_rewards="group",
+        bf16=False,
+        gradient_checkpointing=False,
+        max_grad_norm=1.0,
+        shuffle_dataset=False,
+        seed=SEED,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        dataloader_num_workers=0,
+    )
+    trainer = GRPOTrainer(
+        model=policy,
+        reward_funcs=reward,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=AutoTokenizer.from_pretrained(model, padding_side="left"),
+        optimizers=(opt, sched),
+        callbacks=[StepTimer()],
+    )
+    trainer.train()
+    (out / "step_times.json").write_text(json.dumps(times))
+
+
+if __name__ == "__main__":
+    main()
