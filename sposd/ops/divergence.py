@@ -25,6 +25,8 @@ import math
 import torch
 from torch import Tensor
 
+from sposd.ops.fused import HiddenLogits, per_position
+
 DIVERGENCES = ("fkl", "rkl", "jsd")
 SUPPORTS = ("full", "teacher_topk", "student_topk_tail")
 MISMATCH_SIGNS = ("abs", "teacher_sharper", "student_sharper")
@@ -250,6 +252,7 @@ def _log1mexp(x: Tensor) -> Tensor:
     return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
+@per_position(logits=("student_logits_BTV", "teacher_logits_BTV"), lengths="lengths_B")
 def per_token_divergence(
     student_logits_BTV: Tensor,
     teacher_logits_BTV: Tensor,
@@ -353,6 +356,9 @@ def interpolate_teacher_logits_(
     """PAINT's energy-space interpolation, in place: z_T <- (1 - gamma) z_T + gamma sg(z_S) at masked positions."""
     if not 0 <= gamma <= 1:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    if isinstance(teacher_logits_BTV, HiddenLogits):  # recorded, applied to each block the ops compute
+        teacher_logits_BTV.interpolate_(student_logits_BTV, mask_BT, gamma)
+        return
     rows, cols = mask_BT.nonzero(as_tuple=True)
     for s in range(0, rows.numel(), chunk_tokens):
         r, c = rows[s : s + chunk_tokens], cols[s : s + chunk_tokens]
@@ -364,6 +370,7 @@ def interpolate_teacher_logits_(
 SG_TOPK_FROM = ("student", "teacher")
 
 
+@per_position(logits=("student_logits_BTV", "teacher_logits_BTV"), lengths="lengths_B")
 def sg_topk_reverse_kl(
     student_logits_BTV: Tensor,
     teacher_logits_BTV: Tensor,
@@ -414,6 +421,7 @@ def sg_topk_reverse_kl(
 
 
 @torch.no_grad()
+@per_position(logits=("student_logits_BTV", "teacher_logits_BTV"), lengths="lengths_B")
 def teacher_support_entropy(
     student_logits_BTV: Tensor,
     teacher_logits_BTV: Tensor,

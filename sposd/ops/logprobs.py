@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sposd.ops.fused import per_position
+
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """fp32 for bf16/fp16/fp32 logits, fp64 for fp64 (so gradcheck runs in double)."""
@@ -54,6 +56,7 @@ class _TokenLogprob(torch.autograd.Function):
         return grad_BTV, None, None, None
 
 
+@per_position(logits=("logits_BTV",), per_pos=("tokens_BT",))
 def token_logprobs(
     logits_BTV: Tensor, tokens_BT: Tensor, *, temperature: float = 1.0, chunk_tokens: int = 1024
 ) -> Tensor:
@@ -72,6 +75,7 @@ def token_logprobs(
     return _TokenLogprob.apply(logits_BTV, tokens_BT, temperature, chunk_tokens)
 
 
+@per_position(logits=("logits_BTV",))
 def entropy_from_logits(logits_BTV: Tensor, *, temperature: float = 1.0, chunk_tokens: int = 1024) -> Tensor:
     """Entropy H = logsumexp(z) - sum_v softmax(z)_v z_v of softmax(logits / temperature) at each position.
 
