@@ -9,9 +9,9 @@ Per optimiser step, in order, whatever the algorithm (it only answers the `Algor
     token pre-pass      (`needs_token_prepass`) teacher + student forwards on hidden states, statistics in
                         [chunk, V] blocks, all-gathered -> per-token weights (TIP's selection, SRPO's weights)
     per micro-batch     distillation teacher pass ([teacher context | completion], no padding between);
-                        K scoring passes (`num_score_contexts`: token log-probs from hidden states, no [B, T, V]);
-                        the student forward: dense logits, or in sparse mode (`sparse_student`) hidden states
-                        with the output layer applied with grad at the kept positions only; loss; backward
+                        K scoring passes (`num_score_contexts`); the student pass; loss; backward
+Every pass gives final hidden states and the output layer, never [rows, T, V] logits: log-probs, entropies and
+divergences are computed in [chunk, V] blocks and recomputed in backward (`passes.py`, `sposd.ops.fused`).
     after the step      EMA / periodic teacher update, shard by shard
 Every ZeRO-3 collective (a module's parameter gather, an explicit GatheredParameters) happens in the same order
 on every rank: a rank without work at some point runs a matching dummy pass.
@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,7 +30,8 @@ import torch
 from sposd import dist as sdist
 from sposd.algos.base import DistillBatch, Normalizer, PolicyBatch
 from sposd.learner.batching import LearnerSample, collate, plan_micro_batches
-from sposd.ops.logprobs import linear_token_logprobs, token_logprobs
+from sposd.learner import passes
+from sposd.ops.fused import HiddenLogits
 
 
 def lr_lambda(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -229,8 +229,6 @@ class DeepSpeedLearner:
             self.teacher = self.ref
         elif self.teacher_kind is not None:
             self.teacher = frozen_copy()
-        # Sparse mode (TIP without an RL term): the student's logits exist only at the kept positions.
-        self.sparse = bool(algo.sparse_student)
         self.optimizer_steps = 0
 
     @property
@@ -240,52 +238,34 @@ class DeepSpeedLearner:
     def _dev(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.engine.device, non_blocking=True)
 
-    def _logits(self, engine, mb: dict) -> torch.Tensor:
-        """Logits predicting each completion token under `engine`'s model: a [B, T, V] view (model dtype)."""
-        T = mb["completion_ids_BT"].shape[1]
-        out = engine(
-            input_ids=self._dev(mb["input_ids_BL"]),
-            attention_mask=self._dev(mb["attention_mask_BL"]),
-            position_ids=self._dev(mb["position_ids_BL"]),
-            use_cache=False,
-            logits_to_keep=T + 1,
-        )
-        return out.logits[:, :-1]
+    @property
+    def _chunk(self) -> int:
+        return self.algo.cfg.distill.chunk_tokens
 
-    def _hidden(self, engine, mb: dict) -> torch.Tensor:
-        """Final hidden states at the positions predicting each completion token: [B, T, H] (logits = lm_head of
-        these; the forward computes logits for one position only)."""
-        T = mb["completion_ids_BT"].shape[1]
-        out = engine(
-            input_ids=self._dev(mb["input_ids_BL"]),
-            attention_mask=self._dev(mb["attention_mask_BL"]),
-            position_ids=self._dev(mb["position_ids_BL"]),
-            use_cache=False,
-            logits_to_keep=1,
-            output_hidden_states=True,
-        )
-        return out.hidden_states[-1][:, -(T + 1) : -1]
+    @torch.no_grad()
+    def _head_logits(self, engine, mb: dict) -> HiddenLogits:
+        """`engine`'s logits predicting each completion token, as hidden states + its gathered output layer (no
+        grad): one body forward and one gather of the output layer."""
+        h_BTH = passes.hidden_states(engine, mb)
+        return passes.logits_of(h_BTH, *passes.gathered_head(engine))
 
-    @contextmanager
-    def _gathered_head(self, engine):
-        """The output layer's full (weight, bias) while inside, no grad; one ZeRO-3 gather (collective: every rank
-        enters it the same number of times). Yields head(h_NH) -> logits_NV in fp32 (fp64 for fp64)."""
-        import deepspeed
+    @torch.no_grad()
+    def _mirror_head_logits(self, engine) -> None:
+        """The collectives of `_head_logits` on dummy input, for a rank without rows at this point."""
+        passes.dummy_hidden(engine, self.pad_id)
+        passes.gathered_head(engine)
 
-        out = engine.module.get_output_embeddings()
-        params = [p for p in (out.weight, getattr(out, "bias", None)) if p is not None]
-        with torch.no_grad(), deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            W, b = out.weight, getattr(out, "bias", None)
-
-            def head(h_NH: torch.Tensor) -> torch.Tensor:
-                return torch.nn.functional.linear(h_NH, W, b).to(torch.promote_types(W.dtype, torch.float32))
-
-            yield head, W, b
-
+    @torch.no_grad()
     def _logp(self, engine, mb: dict) -> torch.Tensor:
-        """Log-prob of each completion token under `engine`'s model: [B, T] (float32)."""
-        logits_BTV = self._logits(engine, mb)
-        return token_logprobs(logits_BTV, self._dev(mb["completion_ids_BT"]), temperature=self.loss_temperature)
+        """Log-prob of each completion token under `engine`'s model: [B, T] (float32; 0 beyond each completion)."""
+        tokens_BT = self._dev(mb["completion_ids_BT"])
+        return passes.completion_logprobs(
+            self._head_logits(engine, mb),
+            tokens_BT,
+            self._dev(_completion_lengths(mb)),
+            temperature=self.loss_temperature,
+            chunk=self._chunk,
+        )
 
     def _teacher_mb(self, rows: list[LearnerSample], contexts: list[list[int]]) -> dict:
         """[teacher context | the student's completion] rows, contexts left-padded: no padding between them."""
@@ -298,55 +278,28 @@ class DeepSpeedLearner:
         )
 
     @torch.no_grad()
-    def _teacher_logits(self, rows: list[LearnerSample]) -> torch.Tensor:
-        """Teacher logits on [teacher context | the student's completion] for each row: [D, T, V], no padding
-        between context and completion (left-padded contexts), aligned with the student on completion positions."""
-        return self._logits(self.teacher, self._teacher_mb(rows, [s.teacher_prompt_ids for s in rows]))
+    def _teacher_logits(self, rows: list[LearnerSample]) -> HiddenLogits:
+        """Teacher logits on [teacher context | the student's completion] for each row, [D, T, V] as hidden states
+        and the teacher's output layer; aligned with the student on completion positions."""
+        return self._head_logits(self.teacher, self._teacher_mb(rows, [s.teacher_prompt_ids for s in rows]))
 
     @torch.no_grad()
     def _score_logps(self, rows: list[LearnerSample] | None, T: int) -> torch.Tensor | None:
         """Teacher log-probs of every completion token under each row's K scoring contexts: [K, B, T] (fp32).
 
-        The teacher runs on hidden states only and the output layer is applied in [chunk, V] blocks, so no
-        [B, T, V] teacher logits exist. rows None: this rank has no micro-batch here; it runs the same K forwards
-        and gathers on dummy input to keep ZeRO-3's collectives in step, and returns None.
+        rows None: this rank has no micro-batch here; it runs the same K passes on dummy input to keep ZeRO-3's
+        collectives in step, and returns None.
         """
         K = self.algo.num_score_contexts
         out = None if rows is None else torch.zeros(K, len(rows), T, device=self.engine.device)
         for k in range(K):
             if rows is None:
-                self._dummy_forward(self.teacher, hidden=True)
-                with self._gathered_head(self.teacher):
-                    pass
+                self._mirror_head_logits(self.teacher)
                 continue
             tmb = self._teacher_mb(rows, [s.score_prompt_ids[k] if s.score_prompt_ids else s.prompt_ids for s in rows])
-            h_BTH = self._hidden(self.teacher, tmb)
-            tokens_BT = self._dev(tmb["completion_ids_BT"])
-            valid_BT = (
-                torch.arange(tokens_BT.shape[1], device=tokens_BT.device)[None]
-                < torch.tensor([len(s.completion_ids) for s in rows], device=tokens_BT.device)[:, None]
-            )
-            r, c = valid_BT.nonzero(as_tuple=True)
-            with self._gathered_head(self.teacher) as (_, W, b):
-                lp = linear_token_logprobs(
-                    h_BTH[r, c],
-                    W,
-                    tokens_BT[r, c],
-                    bias_V=b,
-                    temperature=self.loss_temperature,
-                    chunk_tokens=self.algo.cfg.distill.chunk_tokens,
-                )
-            out[k, r, c] = lp.float()
+            lp = self._logp(self.teacher, tmb)
+            out[k, :, : lp.shape[1]] = lp
         return out
-
-    @torch.no_grad()
-    def _dummy_forward(self, engine, *, hidden: bool = False) -> None:
-        """A forward on two pad tokens: matches another rank's teacher pass so ZeRO-3's gathers stay in step."""
-        ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.engine.device)
-        if hidden:
-            engine(input_ids=ids, use_cache=False, logits_to_keep=1, output_hidden_states=True)
-        else:
-            engine(input_ids=ids, use_cache=False)
 
     @torch.no_grad()
     def _update_teacher(self) -> None:
@@ -364,24 +317,11 @@ class DeepSpeedLearner:
             dst = _shard(pt)
             dst.lerp_(_shard(ps).to(dst.dtype), rate)
 
-    def _dummy_backward(self, *, teacher_gather: bool = False) -> None:
-        """Zero-loss forward/backward: keeps ZeRO-3's collectives in step when this rank has fewer micro-batches.
-
-        In sparse mode it mirrors a real sparse micro-batch in order: a hidden-state forward, a gather of the
-        policy's output layer (the log-probs), one of the teacher's when a teacher pass ran (teacher_gather), and
-        one output-layer call with grad."""
-        ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.engine.device)
-        if self.sparse:
-            out = self.engine(input_ids=ids, use_cache=False, logits_to_keep=1, output_hidden_states=True)
-            with self._gathered_head(self.engine):
-                pass
-            if teacher_gather:
-                with self._gathered_head(self.teacher):
-                    pass
-            loss = self.engine.module.get_output_embeddings()(out.hidden_states[-1][:, :1]).sum() * 0.0
-        else:
-            loss = self.engine(input_ids=ids, use_cache=False).logits.sum() * 0.0
-        self.engine.backward(loss, scale_wrt_gas=False)
+    def _dummy_backward(self) -> None:
+        """Zero-loss student pass and backward on dummy input: the collectives of a real micro-batch's student pass
+        (body forward, output-layer call, their backward) for a rank with fewer micro-batches."""
+        h, W, b = passes.policy_head(self.engine, passes.dummy_hidden(self.engine, self.pad_id))
+        self.engine.backward(_in_graph(h.sum() * 0.0, h, W, b), scale_wrt_gas=False)
 
     def train_step(self, samples: list[LearnerSample], *, max_len: int) -> dict[str, float]:
         """One rollout batch -> ppo_epochs x num_minibatches optimiser steps. Returns rank-summed metrics."""
@@ -417,8 +357,7 @@ class DeepSpeedLearner:
         n_max = int(sdist.all_reduce([len(plan)], op="max")[0])
         for j in range(n_max):
             if j >= len(plan):
-                ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.engine.device)
-                engine(input_ids=ids, use_cache=False)
+                self._mirror_head_logits(engine)
                 continue
             idx = plan[j]
             lp = self._logp(engine, collate([samples[i] for i in idx], pad_id=self.pad_id)).float().cpu()
@@ -431,53 +370,86 @@ class DeepSpeedLearner:
         """Per-token weights of every distilled sample (`Algorithm.token_weights`), from statistics computed over
         the whole batch before any loss pass: TIP's selection, SRPO's entropy weights normalised over the batch.
 
-        Both models run on hidden states and their output layers are applied in [chunk, V] blocks, so the pass
-        holds no [B, T, V] logits. Ranks without distilled rows at a micro-batch mirror its forwards and gathers.
+        Both models run on hidden states and the statistics are computed in [chunk, V] blocks. Ranks without
+        distilled rows at a micro-batch mirror its passes and gathers.
         """
         local: dict[int, torch.Tensor] = {}
         for j, flag in enumerate(teacher_at):
             if not flag:
                 continue
             didx = [i for i in plan[j] if samples[i].distilled] if j < len(plan) else []
-            if not didx:
-                self._dummy_forward(self.teacher, hidden=True)
-                self._dummy_forward(self.engine, hidden=True)
-                with self._gathered_head(self.teacher), self._gathered_head_if_distinct():
-                    pass
+            distinct = self.teacher is not self.engine
+            if not didx:  # the same passes and gathers, in the same order, on dummy input
+                self._mirror_head_logits(self.teacher)
+                passes.dummy_hidden(self.engine, self.pad_id)
+                if distinct:
+                    passes.gathered_head(self.engine)
                 continue
             drows = [samples[i] for i in didx]
-            tmb = self._teacher_mb(drows, [s.teacher_prompt_ids for s in drows])
-            t_h = self._hidden(self.teacher, tmb)
-            s_h = self._hidden(self.engine, collate(drows, pad_id=self.pad_id))
-            T = min(t_h.shape[1], s_h.shape[1])
-            with self._gathered_head(self.teacher) as (t_head, *_), self._gathered_head_if_distinct() as s_head:
-                db = DistillBatch(
-                    student_logits_DTV=None,
-                    teacher_logits_DTV=None,
-                    tokens_DT=self._dev(tmb["completion_ids_BT"][:, :T]),
-                    lengths_D=torch.tensor([min(s.distill_len, T) for s in drows], device=t_h.device),
-                    weight_D=torch.tensor([s.distill_weight for s in drows], device=t_h.device),
-                    logp_DT=torch.zeros(len(drows), T, device=t_h.device),
-                    old_logp_DT=torch.zeros(len(drows), T, device=t_h.device),
-                    student_hidden_DTH=s_h[:, :T],
-                    student_head=s_head or t_head,
-                    teacher_hidden_DTH=t_h[:, :T],
-                    teacher_head=t_head,
-                )
-                for i, st in zip(didx, self.algo.token_stats(db), strict=True):
-                    local[i] = st
+            t_h = passes.hidden_states(self.teacher, self._teacher_mb(drows, [s.teacher_prompt_ids for s in drows]))
+            t_head = passes.gathered_head(self.teacher)
+            s_h = passes.hidden_states(self.engine, collate(drows, pad_id=self.pad_id))
+            s_head = passes.gathered_head(self.engine) if distinct else t_head
+            t_logits, s_logits = passes.logits_of(t_h, *t_head), passes.logits_of(s_h, *s_head)
+            T = min(t_logits.shape[1], s_logits.shape[1])
+            dev = self.engine.device
+            db = DistillBatch(
+                student_logits_DTV=s_logits[:, :T],
+                teacher_logits_DTV=t_logits[:, :T],
+                tokens_DT=self._dev(collate(drows, pad_id=self.pad_id)["completion_ids_BT"][:, :T]),
+                lengths_D=torch.tensor([min(s.distill_len, T) for s in drows], device=dev),
+                weight_D=torch.tensor([s.distill_weight for s in drows], device=dev),
+                logp_DT=torch.zeros(len(drows), T, device=dev),
+                old_logp_DT=torch.zeros(len(drows), T, device=dev),
+            )
+            for i, st in zip(didx, self.algo.token_stats(db), strict=True):
+                local[i] = st
         keys = sorted(local)
         everyone = sdist.all_gather_objects([local[i] for i in keys])
         return dict(zip(keys, self.algo.token_weights([local[i] for i in keys], everyone), strict=True))
 
-    @contextmanager
-    def _gathered_head_if_distinct(self):
-        """The policy's output layer when the teacher is a separate copy (yields its head), else nothing (None)."""
-        if self.teacher is self.engine:
-            yield None
-        else:
-            with self._gathered_head(self.engine) as (head, *_):
-                yield head
+    def _student_pass(self, where, teacher_logits, score_logp, token_w, old, ref, norm):
+        """Forward, loss and backward of one micro-batch's rows (distilled rows first): the policy's hidden states
+        with grad, its output layer through one module call, log-probs and divergences in [chunk, V] blocks.
+
+        Returns: (the algorithm's LossOut, logp_BT, the collated micro-batch).
+        """
+        idx, rows, drows = where
+        mb = collate(rows, pad_id=self.pad_id)
+        tokens = self._dev(mb["completion_ids_BT"])
+        h, W, b = passes.policy_head(self.engine, passes.hidden_states(self.engine, mb))
+        S = passes.logits_of(h, W, b)
+        lengths = self._dev(_completion_lengths(mb))
+        logp = passes.completion_logprobs(S, tokens, lengths, temperature=self.loss_temperature, chunk=self._chunk)
+        mask = self._dev(mb["mask_BT"])
+        old_lp = logp.detach() if old is None else self._dev(_pad([old[i] for i in idx], logp.shape[1]))
+        ref_lp = None if ref is None else self._dev(_pad([ref[i] for i in idx], logp.shape[1]))
+        distill = None
+        if teacher_logits is not None:
+            D, Td = len(drows), teacher_logits.shape[1]
+            distill = DistillBatch(
+                student_logits_DTV=S[:D, :Td],
+                teacher_logits_DTV=teacher_logits,
+                tokens_DT=tokens[:D, :Td],
+                lengths_D=torch.tensor([min(s.distill_len, Td) for s in drows], device=tokens.device),
+                weight_D=torch.tensor([s.distill_weight for s in drows], device=tokens.device),
+                logp_DT=logp[:D, :Td],
+                old_logp_DT=old_lp[:D, :Td],
+                token_weight_DT=_pad([token_w[i] for i in idx[:D]], Td).to(tokens.device) if token_w else None,
+            )
+        batch = PolicyBatch(
+            logp_BT=logp,
+            old_logp_BT=old_lp,
+            mask_BT=mask,
+            adv_B=self._dev(mb["adv_B"]),
+            ref_logp_BT=ref_lp,
+            distill=distill,
+            teacher_logp_KBT=score_logp,
+        )
+        out = self.algo.loss(batch, norm)
+        # every rank's backward must reach the output-layer call (its gather in backward is collective)
+        self.engine.backward(_in_graph(out.loss * self.world, h, W, b), scale_wrt_gas=False)
+        return out, logp, mb
 
     def _optimizer_step(self, samples, old, ref, max_len) -> dict[str, float]:
         # Distilled rows go first in each micro-batch, so the student logits of the D distilled rows are the
@@ -514,95 +486,24 @@ class DeepSpeedLearner:
             rows = [samples[i] for i in plan[j]] if j < len(plan) else []
             drows = [s for s in rows if s.distilled]
             t0 = time.perf_counter()
-            teacher_logits = teacher_hidden = None
-            if teacher_at[j]:
-                if drows and self.sparse:
-                    teacher_hidden = self._hidden(
-                        self.teacher, self._teacher_mb(drows, [s.teacher_prompt_ids for s in drows])
-                    )
-                elif drows:
+            teacher_logits = None
+            if teacher_at[j]:  # one teacher pass on every rank (dummy input where this rank has no distilled row)
+                if drows:
                     teacher_logits = self._teacher_logits(drows)
                 else:
-                    self._dummy_forward(self.teacher, hidden=self.sparse)
+                    self._mirror_head_logits(self.teacher)
             T = max((len(s.completion_ids) for s in rows), default=1)
             score_logp = self._score_logps(rows or None, T) if self.algo.num_score_contexts else None
             t_teacher += time.perf_counter() - t0
             if not rows:
-                self._dummy_backward(teacher_gather=bool(teacher_at[j]))
+                self._dummy_backward()
                 self.engine.step()
                 continue
-            idx = plan[j]
-            mb = collate(rows, pad_id=self.pad_id)
-            tokens = self._dev(mb["completion_ids_BT"])
-            student_head = None
-            teacher_kept = None
-            if self.sparse:
-                # Only the kept positions of the distilled rows need logits (with grad): no dense [B, T, V] logits.
-                hidden = self._hidden(self.engine, mb)
-                logits = None
-                D = len(drows)
-                w_DT = _pad([token_w.get(i, torch.zeros(0)) for i in idx[:D]], hidden.shape[1]).to(hidden.device)
-                with self._gathered_head(self.engine) as (_, W, b):
-                    logp = linear_token_logprobs(
-                        hidden.detach().flatten(0, 1),
-                        W,
-                        tokens.flatten(),
-                        bias_V=b,
-                        temperature=self.loss_temperature,
-                        chunk_tokens=self.algo.cfg.distill.chunk_tokens,
-                    ).view_as(tokens)
-                if teacher_at[j]:  # every rank gathers the teacher's output layer here (ZeRO-3 collective)
-                    with self._gathered_head(self.teacher) as (t_head, *_):
-                        if teacher_hidden is not None:
-                            Td = teacher_hidden.shape[1]
-                            pos = (
-                                torch.arange(Td, device=hidden.device)[None]
-                                < torch.tensor([min(s.distill_len, Td) for s in drows], device=hidden.device)[:, None]
-                            )
-                            r, c = (pos & (w_DT[:, :Td] > 0)).nonzero(as_tuple=True)
-                            teacher_kept = (r, c, t_head(teacher_hidden[r, c]))
-                student_head = _CountingHead(self.engine.module.get_output_embeddings())
-            else:
-                logits = self._logits(self.engine, mb)
-                logp = token_logprobs(logits, tokens, temperature=self.loss_temperature)
-            mask = self._dev(mb["mask_BT"])
-            old_lp = logp.detach() if old is None else self._dev(_pad([old[i] for i in idx], logp.shape[1]))
-            ref_lp = None if ref is None else self._dev(_pad([ref[i] for i in idx], logp.shape[1]))
-            distill = None
-            if teacher_logits is not None or teacher_hidden is not None:
-                D = len(drows)
-                Td = (teacher_logits if teacher_logits is not None else teacher_hidden).shape[1]
-                distill = DistillBatch(
-                    student_logits_DTV=None if logits is None else logits[:D, :Td],
-                    teacher_logits_DTV=teacher_logits,
-                    tokens_DT=tokens[:D, :Td],
-                    lengths_D=torch.tensor([min(s.distill_len, Td) for s in drows], device=tokens.device),
-                    weight_D=torch.tensor([s.distill_weight for s in drows], device=tokens.device),
-                    logp_DT=logp[:D, :Td],
-                    old_logp_DT=old_lp[:D, :Td],
-                    token_weight_DT=_pad([token_w[i] for i in idx[:D]], Td).to(tokens.device) if token_w else None,
-                    student_hidden_DTH=None if logits is not None else hidden[:D, :Td],
-                    student_head=student_head,
-                    teacher_kept=teacher_kept,
-                )
-            out = self.algo.loss(
-                PolicyBatch(
-                    logp_BT=logp,
-                    old_logp_BT=old_lp,
-                    mask_BT=mask,
-                    adv_B=self._dev(mb["adv_B"]),
-                    ref_logp_BT=ref_lp,
-                    distill=distill,
-                    teacher_logp_KBT=score_logp,
-                ),
-                norm,
+            out, logp, mb = self._student_pass(
+                [plan[j], rows, drows], teacher_logits, score_logp, token_w, old, ref, norm
             )
-            loss = out.loss
-            if self.sparse and student_head.calls == 0:  # the same output-layer call on every rank (ZeRO-3)
-                loss = loss + student_head(hidden[:1, :1]).sum() * 0.0
-            self.engine.backward(loss * self.world, scale_wrt_gas=False)
             self.engine.step()
-            del logits, teacher_logits, teacher_hidden, teacher_kept, distill
+            del teacher_logits
             metrics["loss/total"] = metrics.get("loss/total", 0.0) + float(out.loss.detach())
             for k, v in out.metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v)
@@ -695,13 +596,15 @@ def _pad(rows: list[torch.Tensor], T: int) -> torch.Tensor:
     return out
 
 
-class _CountingHead:
-    """The policy's output layer as a callable that counts its calls (sparse mode must call it once per
-    micro-batch on every rank: a ZeRO-3 module call gathers its parameters collectively)."""
+def _completion_lengths(mb: dict) -> torch.Tensor:
+    """Tokens in each row's completion: [B] (the attended columns of the right-padded completion block)."""
+    T = mb["completion_ids_BT"].shape[1]
+    return mb["attention_mask_BL"][:, -T:].sum(-1)
 
-    def __init__(self, layer: torch.nn.Module) -> None:
-        self.layer, self.calls = layer, 0
 
-    def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.layer(h)
+def _in_graph(loss: torch.Tensor, *tensors: torch.Tensor | None) -> torch.Tensor:
+    """loss + 0 x one entry of each tensor: backward then reaches whatever produced them, on every rank."""
+    for t in tensors:
+        if t is not None:
+            loss = loss + t.reshape(-1)[:1].sum() * 0.0
+    return loss
