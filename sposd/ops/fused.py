@@ -182,8 +182,8 @@ def _forward(plan: _Plan) -> list[Tensor]:
         got = plan.call(pos_n, {n: plan.logits_block(n, pos_n) for n in plan.logits})
         outs = outs or [None] * len(got)
         plan.scatter(outs, pos_n, got)
-    if not outs:  # no position to compute: run one position for the output dtypes and shapes, return zeros
-        pos0 = torch.zeros(1, dtype=torch.long, device=plan.pos.device)
+    if not outs:  # no position to compute: an empty block gives the output dtypes and trailing shapes
+        pos0 = torch.zeros(0, dtype=torch.long, device=plan.pos.device)
         got = plan.call(pos0, {n: plan.logits_block(n, pos0) for n in plan.logits})
         outs = [g.detach().new_zeros(plan.N, *g.shape[len(plan.lead) :]) for g in got]
     return plan.shaped(outs)

@@ -178,3 +178,16 @@ def test_qwen3_vocabulary_on_a_tiny_width():
     torch.testing.assert_close(lazy, dense, atol=1e-9, rtol=0)
     for a, b in zip(gl, gd, strict=True):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
+
+
+def test_no_position_at_all_gives_empty_or_zero_outputs_with_a_graph():
+    # TIP may keep no position of a micro-batch: [1, 0, V] lazy logits, and rows whose lengths are all 0
+    hs, Ws, bs, ht, Wt, tokens = _case()
+    none = torch.zeros(0, dtype=torch.long)
+    S, T_ = HiddenLogits(hs, Ws, bs)[none, none][None], HiddenLogits(ht, Wt)[none, none][None]
+    d = per_token_divergence(S, T_, kind="rkl", lengths_B=torch.tensor([0]))
+    assert d.shape == (1, 0)
+    zero = per_token_divergence(HiddenLogits(hs, Ws, bs), HiddenLogits(ht, Wt), kind="fkl", lengths_B=torch.zeros(B))
+    assert zero.shape == (B, T) and not zero.any()
+    gh, gW = torch.autograd.grad(zero.sum() + d.sum(), (hs, Ws))
+    assert not gh.any() and not gW.any()
