@@ -25,7 +25,7 @@ import math
 import torch
 from torch import Tensor
 
-from sposd.ops.fused import HiddenLogits, per_position
+from sposd.ops.fused import BlockRule, HiddenLogits, per_position
 
 DIVERGENCES = ("fkl", "rkl", "jsd")
 SUPPORTS = ("full", "teacher_topk", "student_topk_tail")
@@ -154,19 +154,7 @@ class _FullVocabDivergence(torch.autograd.Function):
         D_BT, aux_BT = s_BTV.new_zeros(B, T, dtype=acc), s_BTV.new_zeros(B, T, dtype=acc)
         buf = s_BTV.new_empty(5 if kind == "jsd" else 3, _block_rows(lengths, T, chunk), V, dtype=acc)
         for b, sl in _spans(lengths, T, chunk):
-            z, ls, lt, *jsd_bufs = buf[:, : sl.stop - sl.start].unbind(0)
-            _log_softmax_(ls, _scaled_(z, s_BTV[b, sl], tau))
-            _log_softmax_(lt, _scaled_(z, t_BTV[b, sl], tau))
-            if kind == "fkl":  # sum T (log T - log S)
-                D_BT[b, sl] = _dot_(torch.exp(lt, out=z), lt.sub_(ls))
-            elif kind == "rkl":  # sum S (log S - log T)
-                D_BT[b, sl] = aux_BT[b, sl] = _dot_(torch.exp(ls, out=z), ls.sub_(lt))
-            else:  # beta KL(T || M) + (1 - beta) KL(S || M), M = beta T + (1 - beta) S
-                pt, lm = jsd_bufs
-                ps = torch.exp(ls, out=z)
-                _mixture_log_(lm, ps, torch.exp(lt, out=pt), beta)
-                aux_BT[b, sl] = kl_sm = _dot_(ls.sub_(lm), ps)
-                D_BT[b, sl] = beta * _dot_(lt.sub_(lm), pt) + (1 - beta) * kl_sm
+            D_BT[b, sl], aux_BT[b, sl] = _divergence_block(buf, s_BTV[b, sl], t_BTV[b, sl], kind, beta, tau)
         ctx.save_for_backward(s_BTV, t_BTV, aux_BT)
         ctx.args = (lengths, kind, beta, tau, chunk)
         return D_BT
@@ -180,24 +168,49 @@ class _FullVocabDivergence(torch.autograd.Function):
         B, T, V = s_BTV.shape
         grad = _zero_beyond_lengths_(torch.empty(s_BTV.shape, dtype=s_BTV.dtype, device=s_BTV.device), lengths)
         buf = s_BTV.new_empty(3, _block_rows(lengths, T, chunk), V, dtype=acc)
-        scale = (1.0 - beta if kind == "jsd" else 1.0) / tau  # dD/dlogits = dD/dz / tau
         for b, sl in _spans(lengths, T, chunk):
-            z, a, c = buf[:, : sl.stop - sl.start].unbind(0)
-            g_N1 = g_BT[b, sl, None].to(acc) * scale
-            if kind == "fkl":  # S - T
-                ps = _softmax_(a, _scaled_(z, s_BTV[b, sl], tau))
-                gz = ps.sub_(_softmax_(c, _scaled_(z, t_BTV[b, sl], tau)))
-            else:
-                ls = _log_softmax_(a, _scaled_(z, s_BTV[b, sl], tau))
-                lt = _log_softmax_(c, _scaled_(z, t_BTV[b, sl], tau))
-                ps = torch.exp(ls, out=z)
-                if kind == "rkl":  # S (log S - log T - D)
-                    gz = ls.sub_(lt).sub_(aux_BT[b, sl, None]).mul_(ps)
-                else:  # (1 - beta) S (log S - log M - KL(S || M)); (1 - beta) is in g_N1
-                    lm = _mixture_log_(lt, ps, lt.exp_(), beta)
-                    gz = ls.sub_(lm).sub_(aux_BT[b, sl, None]).mul_(ps)
-            torch.mul(gz, g_N1, out=grad[b, sl])
+            gz = _divergence_block_grad(buf, s_BTV[b, sl], t_BTV[b, sl], aux_BT[b, sl], g_BT[b, sl], kind, beta, tau)
+            grad[b, sl] = gz
         return grad, None, None, None, None, None, None
+
+
+def _divergence_block(buf: Tensor, s_NV: Tensor, t_NV: Tensor, kind: str, beta: float, tau: float):
+    """(D_N, aux_N) at N positions from their logits; buf holds >= 3 (jsd: 5) [N, V] blocks of the acc dtype.
+    aux is what the gradient needs besides the logits: D (rkl), KL(S || M) (jsd), unused for fkl."""
+    z, ls, lt, *jsd_bufs = buf[:, : s_NV.shape[0]].unbind(0)
+    _log_softmax_(ls, _scaled_(z, s_NV, tau))
+    _log_softmax_(lt, _scaled_(z, t_NV, tau))
+    if kind == "fkl":  # sum T (log T - log S)
+        D = _dot_(torch.exp(lt, out=z), lt.sub_(ls))
+        return D, torch.zeros_like(D)
+    if kind == "rkl":  # sum S (log S - log T)
+        D = _dot_(torch.exp(ls, out=z), ls.sub_(lt))
+        return D, D
+    # beta KL(T || M) + (1 - beta) KL(S || M), M = beta T + (1 - beta) S
+    pt, lm = jsd_bufs
+    ps = torch.exp(ls, out=z)
+    _mixture_log_(lm, ps, torch.exp(lt, out=pt), beta)
+    kl_sm = _dot_(ls.sub_(lm), ps)
+    return beta * _dot_(lt.sub_(lm), pt) + (1 - beta) * kl_sm, kl_sm
+
+
+def _divergence_block_grad(buf, s_NV, t_NV, aux_N, g_N, kind, beta, tau) -> Tensor:
+    """g_N dD/dlogits_S at N positions ([N, V] in buf, acc dtype); buf holds >= 3 [N, V] blocks."""
+    z, a, c = buf[:3, : s_NV.shape[0]].unbind(0)
+    g_N1 = g_N[:, None].to(buf.dtype) * ((1.0 - beta if kind == "jsd" else 1.0) / tau)  # dD/dlogits = dD/dz / tau
+    if kind == "fkl":  # S - T
+        ps = _softmax_(a, _scaled_(z, s_NV, tau))
+        gz = ps.sub_(_softmax_(c, _scaled_(z, t_NV, tau)))
+    else:
+        ls = _log_softmax_(a, _scaled_(z, s_NV, tau))
+        lt = _log_softmax_(c, _scaled_(z, t_NV, tau))
+        ps = torch.exp(ls, out=z)
+        if kind == "rkl":  # S (log S - log T - D)
+            gz = ls.sub_(lt).sub_(aux_N[:, None]).mul_(ps)
+        else:  # (1 - beta) S (log S - log M - KL(S || M)); (1 - beta) is in g_N1
+            lm = _mixture_log_(lt, ps, lt.exp_(), beta)
+            gz = ls.sub_(lm).sub_(aux_N[:, None]).mul_(ps)
+    return gz.mul_(g_N1)
 
 
 class _GatheredLogSoftmax(torch.autograd.Function):
@@ -252,7 +265,34 @@ def _log1mexp(x: Tensor) -> Tensor:
     return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
-@per_position(logits=("student_logits_BTV", "teacher_logits_BTV"), lengths="lengths_B")
+class _FullVocabRule(BlockRule):
+    """per_token_divergence(support="full") on HiddenLogits: the block math of `_FullVocabDivergence`, saving its
+    per-position statistic; backward from the recomputed student and teacher blocks."""
+
+    def __init__(self, kind: str, beta: float, tau: float) -> None:
+        self.kind, self.beta, self.tau = kind, beta, tau
+
+    def _buf(self, s_nV: Tensor, k: int) -> Tensor:
+        return s_nV.new_empty(k, s_nV.shape[0], s_nV.shape[1], dtype=_acc(s_nV.dtype))
+
+    def forward(self, z, per_pos):
+        s, t = z["student_logits_BTV"], z["teacher_logits_BTV"]
+        D_n, aux_n = _divergence_block(self._buf(s, 5 if self.kind == "jsd" else 3), s, t, self.kind, self.beta, self.tau)
+        return [D_n], aux_n[:, None]
+
+    def backward(self, z, per_pos, saved_nK, grads):
+        if grads[0] is None:
+            return {}
+        s, t = z["student_logits_BTV"], z["teacher_logits_BTV"]
+        gz = _divergence_block_grad(self._buf(s, 3), s, t, saved_nK[:, 0], grads[0], self.kind, self.beta, self.tau)
+        return {"student_logits_BTV": gz}
+
+
+def _full_vocab_rule(a: dict) -> BlockRule | None:
+    return _FullVocabRule(*resolve_divergence(a["kind"], a["beta"]), a["temperature"]) if a["support"] == "full" else None
+
+
+@per_position(logits=("student_logits_BTV", "teacher_logits_BTV"), lengths="lengths_B", rule=_full_vocab_rule)
 def per_token_divergence(
     student_logits_BTV: Tensor,
     teacher_logits_BTV: Tensor,

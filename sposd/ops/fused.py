@@ -189,8 +189,54 @@ def _forward(plan: _Plan) -> list[Tensor]:
     return plan.shaped(outs)
 
 
+class _HeadGrads:
+    """dh, dW, db of the lazy logits arguments that need grad, accumulated block by block (dW, db in fp32)."""
+
+    def __init__(self, plan: _Plan) -> None:
+        self.plan = plan
+        self.names = [n for n in plan.logits if isinstance(plan.args[n], HiddenLogits) and plan.args[n].requires_grad]
+        self.dh, self.dW, self.db = {}, {}, {}
+        for n in self.names:
+            x = plan.args[n]
+            acc = _acc(x.weight.dtype)
+            if x.hidden.requires_grad:
+                self.dh[n] = torch.zeros_like(plan.flat_h[n])
+            self.dW[n] = torch.zeros(x.weight.shape, dtype=acc, device=x.weight.device)
+            self.db[n] = None if x.bias is None else torch.zeros_like(x.bias, dtype=acc)
+
+    def add(self, name: str, pos_n: Tensor, gz_nV: Tensor) -> None:
+        """Backpropagate one block's logits gradient gz = dL/dz through z = h W^T + b."""
+        x = self.plan.args[name]
+        h_nH = self.plan.flat_h[name][pos_n]
+        if name in self.dh:
+            self.dh[name][pos_n] = gz_nV.to(x.weight.dtype) @ x.weight.detach()
+        dW = self.dW[name]
+        if h_nH.dtype == dW.dtype:
+            dW.addmm_(gz_nV.to(dW.dtype).T, h_nH)
+        else:  # one GEMM in the model dtype per block, accumulated in fp32
+            dW += (gz_nV.to(h_nH.dtype).T @ h_nH).to(dW.dtype)
+        if self.db[name] is not None:
+            self.db[name] += gz_nV.sum(0).to(self.db[name].dtype)
+
+    def grads(self) -> tuple[Tensor | None, ...]:
+        """One (hidden, weight, bias) gradient triple per lazy logits argument, in argument order."""
+        out: list[Tensor | None] = []
+        for n in self.plan.logits:
+            x = self.plan.args[n]
+            if not isinstance(x, HiddenLogits):
+                continue
+            if n not in self.names:
+                out += [None, None, None]
+                continue
+            out.append(self.dh[n].view(x.hidden.shape) if n in self.dh else None)
+            out.append(self.dW[n].to(x.weight.dtype) if x.weight.requires_grad else None)
+            bias_grad = x.bias is not None and x.bias.requires_grad
+            out.append(self.db[n].to(x.bias.dtype) if bias_grad else None)
+        return tuple(out)
+
+
 class _PerPositionFn(torch.autograd.Function):
-    """Outputs of an op on HiddenLogits; backward recomputes each block and backpropagates through the head."""
+    """Outputs of an op on HiddenLogits; backward recomputes each block and runs the op's autograd on it."""
 
     @staticmethod
     def forward(ctx, plan: _Plan, *tensors: Tensor | None):
@@ -201,56 +247,86 @@ class _PerPositionFn(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads_out: Tensor | None):
         plan: _Plan = ctx.plan
-        lazy = [n for n in plan.logits if isinstance(plan.args[n], HiddenLogits) and plan.args[n].requires_grad]
-        acc = {n: _acc(plan.args[n].weight.dtype) for n in lazy}
-        dh = {n: torch.zeros_like(plan.flat_h[n]) for n in lazy if plan.args[n].hidden.requires_grad}
-        dW = {n: torch.zeros(plan.args[n].weight.shape, dtype=acc[n], device=plan.args[n].weight.device) for n in lazy}
-        db = {n: None if plan.args[n].bias is None else torch.zeros_like(plan.args[n].bias, dtype=acc[n]) for n in lazy}
+        acc = _HeadGrads(plan)
         n_lead = len(plan.lead)
         g_flat = [None if g is None else g.reshape(plan.N, *g.shape[n_lead:]) for g in grads_out]
         for pos_n in plan.blocks():
             blocks = {n: plan.logits_block(n, pos_n) for n in plan.logits}
-            leaves = {n: blocks[n].requires_grad_(True) for n in lazy}
+            leaves = {n: blocks[n].requires_grad_(True) for n in acc.names}
             with torch.enable_grad():
                 got = plan.call(pos_n, blocks)
             pairs = [(o, g[pos_n].reshape(o.shape)) for o, g in zip(got, g_flat) if g is not None and o.requires_grad]
-            if not pairs:
+            if not pairs or not leaves:
                 continue
-            names = list(leaves)
-            gz = torch.autograd.grad([o for o, _ in pairs], [leaves[n] for n in names], [g for _, g in pairs],
-                                     allow_unused=True)
-            for n, gz_nV in zip(names, gz):
-                if gz_nV is None:
-                    continue
-                x = plan.args[n]
-                h_nH = plan.flat_h[n][pos_n]
-                if n in dh:
-                    dh[n][pos_n] = gz_nV.to(x.weight.dtype) @ x.weight.detach()
-                _accumulate_weight_grad_(dW[n], gz_nV, h_nH)
-                if db[n] is not None:
-                    db[n] += gz_nV.sum(0).to(acc[n])
-        out: list[Tensor | None] = []
-        for n in plan.logits:
-            x = plan.args[n]
-            if n not in lazy:
-                out += [None, None, None] if isinstance(x, HiddenLogits) else []
-                continue
-            out.append(dh[n].view(x.hidden.shape) if n in dh else None)
-            out.append(dW[n].to(x.weight.dtype) if x.weight.requires_grad else None)
-            out.append(None if db[n] is None or not x.bias.requires_grad else db[n].to(x.bias.dtype))
-        return (None, *out)
+            gz = torch.autograd.grad(
+                [o for o, _ in pairs], list(leaves.values()), [g for _, g in pairs], allow_unused=True
+            )
+            for n, gz_nV in zip(leaves, gz):
+                if gz_nV is not None:
+                    acc.add(n, pos_n, gz_nV)
+        return (None, *acc.grads())
 
 
-def _accumulate_weight_grad_(dW_VH: Tensor, gz_nV: Tensor, h_nH: Tensor) -> None:
-    """dW += gz^T h in dW's (fp32) dtype: one GEMM in the model dtype per block, accumulated in fp32."""
-    if h_nH.dtype == dW_VH.dtype:
-        dW_VH.addmm_(gz_nV.to(dW_VH.dtype).T, h_nH)
-    else:
-        dW_VH += (gz_nV.to(h_nH.dtype).T @ h_nH).to(dW_VH.dtype)
+class BlockRule:
+    """An op's own analytic block math, for its hot path on HiddenLogits: backward needs the recomputed logits
+    and a few per-position statistics saved in forward, not a second run of the op's forward.
+
+    forward(z, per_pos) -> (outputs [n] each, saved [n, k]);  backward(z, per_pos, saved, grads) -> {name: dL/dz}
+    with z the [n, V] logits blocks by argument name and per_pos the [n, ...] per-position arguments.
+    """
+
+    def forward(self, z: dict[str, Tensor], per_pos: dict[str, Tensor]) -> tuple[list[Tensor], Tensor]:
+        raise NotImplementedError
+
+    def backward(self, z, per_pos, saved_nK: Tensor, grads: list[Tensor | None]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+class _BlockRuleFn(torch.autograd.Function):
+    """Outputs of an op with a `BlockRule` on HiddenLogits: per-position statistics saved, logits recomputed."""
+
+    @staticmethod
+    def forward(ctx, plan: _Plan, rule: BlockRule, *tensors: Tensor | None):
+        outs: list[Tensor | None] = []
+        saved = None
+        two_d = len(plan.lead) == 2
+        for pos_n in plan.blocks():
+            got, saved_nK = rule.forward({n: plan.logits_block(n, pos_n) for n in plan.logits}, _per_pos(plan, pos_n))
+            outs = outs or [None] * len(got)
+            plan.scatter(outs, pos_n, tuple(o[None] if two_d else o for o in got))
+            if saved is None:
+                saved = saved_nK.new_zeros(plan.N, saved_nK.shape[1])
+            saved[pos_n] = saved_nK
+        ctx.plan, ctx.rule, ctx.saved = plan, rule, saved
+        if not outs:  # no position: the generic path gives the empty / zero outputs
+            return tuple(_forward(plan))
+        return tuple(plan.shaped(outs))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads_out: Tensor | None):
+        plan: _Plan = ctx.plan
+        acc = _HeadGrads(plan)
+        if ctx.saved is None or not acc.names:
+            return (None, None, *acc.grads())
+        g_flat = [None if g is None else g.reshape(plan.N) for g in grads_out]
+        for pos_n in plan.blocks():
+            z = {n: plan.logits_block(n, pos_n) for n in plan.logits}
+            g_n = [None if g is None else g[pos_n] for g in g_flat]
+            gz = ctx.rule.backward(z, _per_pos(plan, pos_n), ctx.saved[pos_n], g_n)
+            for n in acc.names:
+                if n in gz:
+                    acc.add(n, pos_n, gz[n])
+        return (None, None, *acc.grads())
+
+
+def _per_pos(plan: _Plan, pos_n: Tensor) -> dict[str, Tensor]:
+    n_lead = len(plan.lead)
+    return {n: plan.args[n].reshape(plan.N, *plan.args[n].shape[n_lead:])[pos_n] for n in plan.per_pos}
 
 
 def per_position(*, logits: tuple[str, ...], per_pos: tuple[str, ...] = (), lengths: str | None = None,
-                 chunk: str = "chunk_tokens"):
+                 chunk: str = "chunk_tokens", rule=None):
     """Decorator: the op also accepts `HiddenLogits` for its logits arguments (see the module docstring).
 
     Args:
@@ -258,6 +334,7 @@ def per_position(*, logits: tuple[str, ...], per_pos: tuple[str, ...] = (), leng
         per_pos: names of arguments laid out like the leading dims of the logits ([B, T] tokens, masks).
         lengths: name of a [B] valid-length argument: positions t >= lengths[b] are not computed (outputs 0).
         chunk: name of the positions-per-block argument.
+        rule: (the op's bound arguments) -> a `BlockRule` for its analytic backward, or None (the generic one).
     """
 
     def deco(fn):
@@ -274,7 +351,8 @@ def per_position(*, logits: tuple[str, ...], per_pos: tuple[str, ...] = (), leng
             if torch.is_grad_enabled() and any(x.requires_grad for x in lazy):
                 tensors = [t for n in plan.logits if isinstance(plan.args[n], HiddenLogits)
                            for t in (plan.args[n].hidden, plan.args[n].weight, plan.args[n].bias)]
-                outs = _PerPositionFn.apply(plan, *tensors)
+                fast = rule(plan.args) if rule is not None else None
+                outs = _BlockRuleFn.apply(plan, fast, *tensors) if fast else _PerPositionFn.apply(plan, *tensors)
             else:
                 with torch.no_grad():
                     outs = _forward(plan)
