@@ -19,9 +19,6 @@ on every rank: a rank without work at some point runs a matching dummy pass.
 
 from __future__ import annotations
 
-import math
-import os
-import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,81 +28,20 @@ import torch
 from sposd import dist as sdist
 from sposd.algos.base import DistillBatch, Normalizer, PolicyBatch
 from sposd.learner.batching import LearnerSample, collate, plan_micro_batches
+from sposd.learner.deepspeed import (
+    ds_config,
+    forget_stale_deepspeed_groups,
+    frozen_copy,
+    initialize_policy,
+    load_model,
+    load_policy_state,
+    lr_lambda,  # noqa: F401 (re-exported: the learner's LR schedule)
+    save_hf,
+    save_policy_state,
+    use_cached_torch_extensions,
+)
+from sposd.learner.teacher import TeacherWeights
 from sposd.ops.logprobs import linear_token_logprobs, token_logprobs
-
-
-def lr_lambda(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
-    """Multiplier of the base LR at optimiser step `step`: linear warm-up, then constant / linear / cosine decay."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return 1.0
-    frac = min(1.0, (step - warmup) / max(1, total - warmup))
-    decay = 1 - frac if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
-    return min_ratio + (1 - min_ratio) * decay
-
-
-def ds_config(*, dtype: str, zero_stage: int, grad_clip: float, offload_optimizer: bool, offload_params: bool) -> dict:
-    zero: dict = {"stage": zero_stage, "stage3_gather_16bit_weights_on_model_save": True}
-    if offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    if offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-    return {
-        "train_micro_batch_size_per_gpu": 1,
-        "gradient_accumulation_steps": 1,  # boundaries are set by hand: micro-batch counts vary per step
-        "gradient_clipping": grad_clip,
-        "zero_optimization": zero,
-        "bf16": {"enabled": dtype == "bfloat16"},
-        "fp16": {"enabled": dtype == "float16"},
-        "zero_allow_untested_optimizer": True,  # a client torch AdamW avoids a 40 s JIT build of DeepSpeed's own
-        "steps_per_print": 1 << 30,
-        "wall_clock_breakdown": False,
-    }
-
-
-def _load_model(path: str, *, dtype: str, trust_remote_code: bool, ds_cfg: dict | None):
-    """Load a causal LM; under ZeRO-3 parameters are partitioned while loading (HfDeepSpeedConfig)."""
-    from transformers import AutoModelForCausalLM
-    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
-
-    keep = HfDeepSpeedConfig(ds_cfg) if ds_cfg and ds_cfg["zero_optimization"]["stage"] == 3 else None
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, attn_implementation="sdpa"
-        )
-    finally:
-        # While that object lives every from_pretrained is a collective (a rank-0-only load would hang).
-        del keep
-        unset_hf_deepspeed_config()
-    return model
-
-
-def use_cached_torch_extensions() -> None:
-    """DeepSpeed JIT-builds C++ ops on first use (~30 s each on a CPU): keep them in one cache across runs."""
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path("~/.cache/sposd/torch_extensions").expanduser()))
-
-
-def _forget_stale_deepspeed_groups() -> None:
-    """Drop DeepSpeed's cached process groups that belong to a destroyed world.
-
-    DeepSpeed caches its data-parallel / world groups in module globals. When something tears the default
-    group down in-process (vLLM's engine shutdown does) and a new world is created, a second learner in the
-    same process would otherwise be handed a group torch no longer knows ("Group ... is not registered").
-    """
-    import torch.distributed as tdist
-    from deepspeed.utils import groups
-
-    live = set(tdist.distributed_c10d._world.pg_map) if tdist.is_initialized() else set()
-    for name, value in list(vars(groups).items()):
-        if not name.startswith("_") or not name.endswith("GROUP"):
-            continue
-        if isinstance(value, tdist.ProcessGroup) and value not in live:
-            setattr(groups, name, None)
-        elif isinstance(value, dict) and any(
-            isinstance(v, tdist.ProcessGroup) and v not in live for v in value.values()
-        ):
-            setattr(groups, name, {})
 
 
 class PeakMemory:
@@ -179,56 +115,43 @@ class DeepSpeedLearner:
         trust_remote_code: bool = False,
         offload_optimizer: bool = False,
         offload_params: bool = False,
+        fp32_grad_accum: bool = True,
     ) -> None:
         use_cached_torch_extensions()
-        import deepspeed
-
         self.algo, self.device, self.pad_id = algo, device, pad_id
         self.micro_batch_tokens, self.loss_temperature = micro_batch_tokens, loss_temperature
         self.rank, self.world = sdist.init_distributed(device)
-        _forget_stale_deepspeed_groups()
+        forget_stale_deepspeed_groups()
         cfg = ds_config(
             dtype=dtype,
             zero_stage=zero_stage,
             grad_clip=optim.grad_clip,
             offload_optimizer=offload_optimizer,
             offload_params=offload_params,
+            fp32_grad_accum=fp32_grad_accum,
         )
-        model = _load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code, ds_cfg=cfg)
+        model = load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code, ds_cfg=cfg)
         if gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
-        opt = torch.optim.AdamW(
-            model.parameters(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay
+        self.engine, self.optimizer, self.scheduler = initialize_policy(
+            model, optim=optim, total_steps=total_steps, cfg=cfg, device=device
         )
-        sched = lambda o: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
-            o,
-            lambda s: lr_lambda(
-                s, warmup=optim.warmup_steps, total=total_steps, schedule=optim.schedule, min_ratio=optim.min_lr_ratio
-            ),
-        )
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=opt, lr_scheduler=sched, config=cfg
-        )
-        frozen_cfg = {k: v for k, v in cfg.items() if k != "gradient_clipping"}
 
-        def frozen_copy():
-            m = _load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code, ds_cfg=frozen_cfg)
-            eng, *_ = deepspeed.initialize(model=m, config=frozen_cfg)
-            eng.eval()
-            return eng
+        def make_copy():
+            return frozen_copy(model_path, dtype=dtype, trust_remote_code=trust_remote_code, cfg=cfg)
 
-        self.ref = frozen_copy() if algo.needs_ref else None
-        # The teacher: "current" is the policy itself under no_grad (no second replica); "initial" shares the
-        # KL reference when there is one; "ema" / "periodic" own a partitioned copy updated shard by shard.
-        self.teacher_kind = algo.teacher_weights
-        self.teacher = None
-        if self.teacher_kind == "current":
-            self.teacher = self.engine
-        elif self.teacher_kind == "initial" and self.ref is not None:
-            self.teacher = self.ref
-        elif self.teacher_kind is not None:
-            self.teacher = frozen_copy()
+        self.ref = make_copy() if algo.needs_ref else None
+        kind = algo.teacher_weights
+        self.teacher_weights = TeacherWeights(
+            kind,
+            policy=self.engine,
+            ref=self.ref,
+            make_copy=make_copy,
+            ema_rate=algo.teacher_ema_rate if kind == "ema" else 0.0,
+            update_every=algo.teacher_update_every if kind == "periodic" else 1,
+        )
+        self.teacher_kind, self.teacher = kind, self.teacher_weights.engine
         # Sparse mode (TIP without an RL term): the student's logits exist only at the kept positions.
         self.sparse = bool(algo.sparse_student)
         self.optimizer_steps = 0
@@ -347,22 +270,6 @@ class DeepSpeedLearner:
             engine(input_ids=ids, use_cache=False, logits_to_keep=1, output_hidden_states=True)
         else:
             engine(input_ids=ids, use_cache=False)
-
-    @torch.no_grad()
-    def _update_teacher(self) -> None:
-        """EMA / periodic teacher: blend or copy the policy into the teacher, each rank on its own ZeRO-3 shard."""
-        if self.teacher_kind == "ema":
-            rate = self.algo.teacher_ema_rate
-        elif self.teacher_kind == "periodic" and self.optimizer_steps % self.algo.teacher_update_every == 0:
-            rate = 1.0
-        else:
-            return
-        for (ns, ps), (nt, pt) in zip(
-            self.engine.module.named_parameters(), self.teacher.module.named_parameters(), strict=True
-        ):
-            assert ns == nt, f"teacher and policy parameters differ: {ns} vs {nt}"
-            dst = _shard(pt)
-            dst.lerp_(_shard(ps).to(dst.dtype), rate)
 
     def _dummy_backward(self, *, teacher_gather: bool = False) -> None:
         """Zero-loss forward/backward: keeps ZeRO-3's collectives in step when this rank has fewer micro-batches.
@@ -614,8 +521,7 @@ class DeepSpeedLearner:
                 diff_sum += float(d.sum())
                 diff_n += float(has.sum())
         self.optimizer_steps += 1
-        if self.teacher is not None and self.teacher is not self.engine:
-            self._update_teacher()
+        self.teacher_weights.after_optimizer_step(self.optimizer_steps)
         # Ranks may have seen different metric names (one with no micro-batch at all): sum over the union.
         keys = sorted({k for part in sdist.all_gather_objects(sorted(metrics)) for k in part})
         summed = sdist.all_reduce([metrics.get(k, 0.0) for k in keys] + [diff_sum, diff_n], op="sum")
@@ -635,56 +541,18 @@ class DeepSpeedLearner:
         for an EMA / periodic teacher this rank's shard of it. A frozen initial teacher or reference model needs
         nothing: it is the starting model.
         """
-        self.engine.save_checkpoint(
-            str(ckpt_dir), tag="policy", client_state={"optimizer_steps": self.optimizer_steps}, save_latest=False
-        )
-        if self._teacher_has_state:
-            shards = {n: _shard(p).detach().clone() for n, p in self.teacher.module.named_parameters()}
-            torch.save(shards, Path(ckpt_dir) / f"teacher_rank_{self.rank:05d}.pt")
+        save_policy_state(self.engine, ckpt_dir, optimizer_steps=self.optimizer_steps)
+        self.teacher_weights.save(ckpt_dir, rank=self.rank)
 
     def load_state(self, ckpt_dir: Path) -> None:
         """Restore what `save_state` wrote (the same world size; DeepSpeed's shards are per rank)."""
-        path, client = self.engine.load_checkpoint(
-            str(ckpt_dir), tag="policy", load_optimizer_states=True, load_lr_scheduler_states=True
-        )
-        if path is None:
-            raise FileNotFoundError(f"{ckpt_dir}/policy holds no DeepSpeed checkpoint for this world size")
-        self.optimizer_steps = int(client["optimizer_steps"])
-        if self._teacher_has_state:
-            f = Path(ckpt_dir) / f"teacher_rank_{self.rank:05d}.pt"
-            if not f.exists():
-                raise FileNotFoundError(f"{f} is missing: the checkpoint was written without this teacher")
-            shards = torch.load(f, map_location="cpu")
-            with torch.no_grad():
-                for n, p in self.teacher.module.named_parameters():
-                    _shard(p).copy_(shards[n])
-
-    @property
-    def _teacher_has_state(self) -> bool:
-        return self.teacher is not None and self.teacher_kind in ("ema", "periodic")
+        self.optimizer_steps = load_policy_state(self.engine, ckpt_dir)
+        self.teacher_weights.load(ckpt_dir, rank=self.rank)
 
     # ---- export --------------------------------------------------------------------------------------
     def save_hf(self, out_dir: str | Path, *, tokenizer=None) -> Path | None:
         """Write the current policy in Hugging Face format (rank 0), atomically; every rank must call this."""
-        from sposd.sync.weights import iter_gathered_params
-
-        out_dir = Path(out_dir)
-        state = {n: t.cpu() for n, t in iter_gathered_params(self.module)}
-        if self.rank != 0:
-            return None
-        tmp = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
-        return out_dir
-
-
-def _shard(p: torch.nn.Parameter) -> torch.Tensor:
-    """This rank's part of a parameter: its ZeRO-3 partition, or the whole tensor without ZeRO-3."""
-    return p.ds_tensor if hasattr(p, "ds_tensor") else p.data
+        return save_hf(self.module, out_dir, rank=self.rank, tokenizer=tokenizer)
 
 
 def _pad(rows: list[torch.Tensor], T: int) -> torch.Tensor:

@@ -3,7 +3,7 @@
 import torch
 
 from sposd.learner.batching import LearnerSample, collate, plan_micro_batches
-from sposd.learner.engine import lr_lambda
+from sposd.learner.deepspeed import lr_lambda
 
 
 def test_plan_respects_budget_and_covers_every_sample():
