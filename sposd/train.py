@@ -342,6 +342,7 @@ def train(
         trust_remote_code=cfg.model.trust_remote_code,
         offload_optimizer=hw.offload_optimizer,
         offload_params=hw.offload_params,
+        fp32_grad_accum=hw.fp32_grad_accum,
     )
     verifier = VerifierPool()
     logger = MetricsLogger(
