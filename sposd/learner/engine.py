@@ -1,7 +1,7 @@
 """DeepSpeed learner: ZeRO-3 (gloo on CPU, NCCL + bf16 on GPU), token-budget micro-batches, AdamW, schedules.
 
 Loss normalisation is global: the algorithm divides by token/sequence counts summed over every micro-batch and
-every rank (all-reduced before the first forward). DeepSpeed must then neither divide by its accumulation steps
+every rank (exchanged before the first forward). DeepSpeed must then neither divide by its accumulation steps
 (`scale_wrt_gas=False`) nor leave its data-parallel gradient *average* uncorrected, so each rank's loss is
 multiplied by the world size: the averaged gradient is then exactly the gradient of the global loss.
 
@@ -14,7 +14,8 @@ Per optimiser step, in order, whatever the algorithm (it only answers the `Algor
                         with the output layer applied with grad at the kept positions only; loss; backward
     after the step      EMA / periodic teacher update, shard by shard
 Every ZeRO-3 collective (a module's parameter gather, an explicit GatheredParameters) happens in the same order
-on every rank: a rank without work at some point runs a matching dummy pass.
+on every rank: the passes come from `learner.plan` (built from every rank's counts before the first pass), and a
+rank without rows for a pass runs it on empty input (`_run_empty`, which interprets the pass's ops).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 
 from sposd import dist as sdist
 from sposd.algos.base import DistillBatch, Normalizer, PolicyBatch
-from sposd.learner.batching import LearnerSample, collate, plan_micro_batches
+from sposd.learner.batching import LearnerSample, collate
 from sposd.learner.deepspeed import (
     ds_config,
     forget_stale_deepspeed_groups,
@@ -39,6 +40,16 @@ from sposd.learner.deepspeed import (
     save_hf,
     save_policy_state,
     use_cached_torch_extensions,
+)
+from sposd.learner.plan import (
+    Pass,
+    PassShape,
+    Row,
+    StepPlan,
+    build_step_plan,
+    local_micro_batches,
+    logp_schedule,
+    summarize,
 )
 from sposd.learner.teacher import TeacherWeights
 from sposd.ops.logprobs import linear_token_logprobs, token_logprobs
@@ -154,6 +165,13 @@ class DeepSpeedLearner:
         self.teacher_kind, self.teacher = kind, self.teacher_weights.engine
         # Sparse mode (TIP without an RL term): the student's logits exist only at the kept positions.
         self.sparse = bool(algo.sparse_student)
+        self.shape = PassShape(
+            has_teacher=self.teacher is not None,
+            teacher_distinct=self.teacher is not None and self.teacher is not self.engine,
+            sparse=self.sparse,
+            prepass=bool(algo.needs_token_prepass),
+            score_contexts=algo.num_score_contexts,
+        )
         self.optimizer_steps = 0
 
     @property
@@ -231,17 +249,11 @@ class DeepSpeedLearner:
         """Teacher log-probs of every completion token under each row's K scoring contexts: [K, B, T] (fp32).
 
         The teacher runs on hidden states only and the output layer is applied in [chunk, V] blocks, so no
-        [B, T, V] teacher logits exist. rows None: this rank has no micro-batch here; it runs the same K forwards
-        and gathers on dummy input to keep ZeRO-3's collectives in step, and returns None.
+        [B, T, V] teacher logits exist. A rank without rows here runs the plan's "score" passes empty instead.
         """
         K = self.algo.num_score_contexts
         out = None if rows is None else torch.zeros(K, len(rows), T, device=self.engine.device)
         for k in range(K):
-            if rows is None:
-                self._dummy_forward(self.teacher, hidden=True)
-                with self._gathered_head(self.teacher):
-                    pass
-                continue
             tmb = self._teacher_mb(rows, [s.score_prompt_ids[k] if s.score_prompt_ids else s.prompt_ids for s in rows])
             h_BTH = self._hidden(self.teacher, tmb)
             tokens_BT = self._dev(tmb["completion_ids_BT"])
@@ -262,38 +274,51 @@ class DeepSpeedLearner:
             out[k, r, c] = lp.float()
         return out
 
-    @torch.no_grad()
-    def _dummy_forward(self, engine, *, hidden: bool = False) -> None:
-        """A forward on two pad tokens: matches another rank's teacher pass so ZeRO-3's gathers stay in step."""
+    def _run_empty(self, p: Pass) -> None:
+        """Run pass `p` on empty input (this rank has no rows for it): the same forwards, gathers, backward and
+        step as the pass issues on a rank with rows (`plan.Pass.ops`), on two pad tokens, with a zero loss."""
         ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.engine.device)
-        if hidden:
-            engine(input_ids=ids, use_cache=False, logits_to_keep=1, output_hidden_states=True)
-        else:
-            engine(input_ids=ids, use_cache=False)
-
-    def _dummy_backward(self, *, teacher_gather: bool = False) -> None:
-        """Zero-loss forward/backward: keeps ZeRO-3's collectives in step when this rank has fewer micro-batches.
-
-        In sparse mode it mirrors a real sparse micro-batch in order: a hidden-state forward, a gather of the
-        policy's output layer (the log-probs), one of the teacher's when a teacher pass ran (teacher_gather), and
-        one output-layer call with grad."""
-        ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.engine.device)
-        if self.sparse:
-            out = self.engine(input_ids=ids, use_cache=False, logits_to_keep=1, output_hidden_states=True)
-            with self._gathered_head(self.engine):
-                pass
-            if teacher_gather:
-                with self._gathered_head(self.teacher):
+        engines = {"policy": self.engine, "teacher": self.teacher, "ref": self.ref}
+        out = loss = None
+        for action, model in p.ops:
+            eng = engines[model]
+            if action == "forward":
+                with torch.no_grad():
+                    eng(input_ids=ids, use_cache=False)
+            elif action == "hidden":
+                with torch.no_grad():
+                    eng(input_ids=ids, use_cache=False, logits_to_keep=1, output_hidden_states=True)
+            elif action == "gather_head":
+                with self._gathered_head(eng):
                     pass
-            loss = self.engine.module.get_output_embeddings()(out.hidden_states[-1][:, :1]).sum() * 0.0
-        else:
-            loss = self.engine(input_ids=ids, use_cache=False).logits.sum() * 0.0
-        self.engine.backward(loss, scale_wrt_gas=False)
+            elif action == "forward_grad":
+                loss = eng(input_ids=ids, use_cache=False).logits.sum() * 0.0
+            elif action == "hidden_grad":
+                out = eng(input_ids=ids, use_cache=False, logits_to_keep=1, output_hidden_states=True)
+            elif action == "head_call":
+                loss = eng.module.get_output_embeddings()(out.hidden_states[-1][:, :1]).sum() * 0.0
+            elif action == "backward":
+                eng.backward(loss, scale_wrt_gas=False)
+            elif action == "step":
+                eng.step()
+            else:
+                raise ValueError(f"unknown op {action!r} in pass {p}")
+
+    def _plan_step(self, samples: list[LearnerSample]) -> StepPlan:
+        """The step's plan: this rank's micro-batches, then one exchange of every rank's summary (the only
+        collective before the first pass), from which every rank builds the same schedule."""
+        rows = [Row.of(s) for s in samples]
+        micro_batches = local_micro_batches(rows, self.micro_batch_tokens)
+        summaries = sdist.all_gather_objects(summarize(rows, micro_batches))
+        return build_step_plan(micro_batches, summaries, self.shape)
 
     def train_step(self, samples: list[LearnerSample], *, max_len: int) -> dict[str, float]:
         """One rollout batch -> ppo_epochs x num_minibatches optimiser steps. Returns rank-summed metrics."""
         cfg = self.algo.cfg
-        n_mini = max(1, min(cfg.num_minibatches, len(samples))) if samples else 1
+        # The same number of optimiser steps on every rank (each is a series of collectives): as many mini-batches
+        # as asked, but no more than the rank with the fewest samples can fill.
+        fewest = -sdist.all_reduce([-len(samples)], op="max")[0]
+        n_mini = max(1, min(cfg.num_minibatches, int(fewest)))
         minibatches = [samples[i::n_mini] for i in range(n_mini)]
         # With one optimiser step per batch the policy that sampled is the one being differentiated, so the
         # detached current log-prob is exactly the behaviour log-prob; otherwise freeze it first.
@@ -320,21 +345,19 @@ class DeepSpeedLearner:
     def _no_grad_logps(self, engine, samples: list[LearnerSample]) -> list[torch.Tensor]:
         """Per-sample log-probs (unpadded, on CPU), computed with the same micro-batching as training."""
         out: list[torch.Tensor | None] = [None] * len(samples)
-        plan = plan_micro_batches([s.plan_length for s in samples], self.micro_batch_tokens)
-        n_max = int(sdist.all_reduce([len(plan)], op="max")[0])
-        for j in range(n_max):
-            if j >= len(plan):
-                ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.engine.device)
-                engine(input_ids=ids, use_cache=False)
+        micro_batches = local_micro_batches([Row.of(s) for s in samples], self.micro_batch_tokens)
+        counts = sdist.all_gather_objects(len(micro_batches))
+        for idx, p in logp_schedule(micro_batches, counts, "ref" if engine is self.ref else "policy"):
+            if not idx:
+                self._run_empty(p)
                 continue
-            idx = plan[j]
             lp = self._logp(engine, collate([samples[i] for i in idx], pad_id=self.pad_id)).float().cpu()
             for r, i in enumerate(idx):
                 out[i] = lp[r, : len(samples[i].completion_ids)]
         return out  # type: ignore[return-value]
 
     @torch.no_grad()
-    def _token_prepass(self, samples, plan, teacher_at) -> dict[int, torch.Tensor]:
+    def _token_prepass(self, samples, step: StepPlan) -> dict[int, torch.Tensor]:
         """Per-token weights of every distilled sample (`Algorithm.token_weights`), from statistics computed over
         the whole batch before any loss pass: TIP's selection, SRPO's entropy weights normalised over the batch.
 
@@ -342,15 +365,10 @@ class DeepSpeedLearner:
         holds no [B, T, V] logits. Ranks without distilled rows at a micro-batch mirror its forwards and gathers.
         """
         local: dict[int, torch.Tensor] = {}
-        for j, flag in enumerate(teacher_at):
-            if not flag:
-                continue
-            didx = [i for i in plan[j] if samples[i].distilled] if j < len(plan) else []
+        for p in (p for p in step.passes if p.kind == "prepass"):
+            didx = [i for i in step.rows[p.micro_batch] if samples[i].distilled]
             if not didx:
-                self._dummy_forward(self.teacher, hidden=True)
-                self._dummy_forward(self.engine, hidden=True)
-                with self._gathered_head(self.teacher), self._gathered_head_if_distinct():
-                    pass
+                self._run_empty(p)
                 continue
             drows = [samples[i] for i in didx]
             tmb = self._teacher_mb(drows, [s.teacher_prompt_ids for s in drows])
@@ -388,37 +406,23 @@ class DeepSpeedLearner:
 
     def _optimizer_step(self, samples, old, ref, max_len) -> dict[str, float]:
         # Distilled rows go first in each micro-batch, so the student logits of the D distilled rows are the
-        # view logits[:D] (no copy of a [D, T, V] block).
-        plan = [
-            sorted(idx, key=lambda i: not samples[i].distilled)
-            for idx in plan_micro_batches([s.plan_length for s in samples], self.micro_batch_tokens)
-        ]
-        kept = [s for s in samples if s.loss_weight > 0]  # masked rows add nothing, so they must not count
-        n_tok = sum(len(s.completion_ids) for s in kept)
-        d_units = sum(s.distill_units for s in samples if s.distilled)
-        tot_tok, tot_seq, tot_units, n_max = sdist.all_reduce([n_tok, len(kept), d_units], op="sum") + sdist.all_reduce(
-            [len(plan)], op="max"
-        )
-        n_max = int(n_max)
+        # view logits[:D] (no copy of a [D, T, V] block). Every rank runs the plan's passes in order.
+        step = self._plan_step(samples)
+        plan, teacher_at, n_max = step.rows, step.teacher_at, step.num_micro_batches
         norm = Normalizer(
-            num_tokens=max(tot_tok, 1.0),
-            num_seqs=max(tot_seq, 1.0),
+            num_tokens=max(step.num_tokens, 1.0),
+            num_seqs=max(step.num_seqs, 1.0),
             max_len=int(self.algo.cfg.loss_scale_len or max_len),
-            distill_units=max(tot_units, 1e-12),
+            distill_units=max(step.distill_units, 1e-12),
         )
-        # A teacher pass on any rank at micro-batch j means one on every rank (ZeRO-3 gathers are collective).
-        teacher_at = [0.0] * n_max
-        if self.teacher is not None:
-            local = [float(j < len(plan) and any(samples[i].distilled for i in plan[j])) for j in range(n_max)]
-            teacher_at = sdist.all_reduce(local, op="max") if n_max else []
         t0 = time.perf_counter()
-        token_w = self._token_prepass(samples, plan, teacher_at) if self.algo.needs_token_prepass else {}
+        token_w = self._token_prepass(samples, step) if self.algo.needs_token_prepass else {}
         t_teacher = time.perf_counter() - t0
         metrics: dict[str, float] = {}
         diff_sum = diff_n = 0.0
         for j in range(n_max):
             self.engine.set_gradient_accumulation_boundary(j == n_max - 1)
-            rows = [samples[i] for i in plan[j]] if j < len(plan) else []
+            rows = [samples[i] for i in plan[j]]
             drows = [s for s in rows if s.distilled]
             t0 = time.perf_counter()
             teacher_logits = teacher_hidden = None
@@ -430,14 +434,15 @@ class DeepSpeedLearner:
                 elif drows:
                     teacher_logits = self._teacher_logits(drows)
                 else:
-                    self._dummy_forward(self.teacher, hidden=self.sparse)
+                    self._run_empty(*step.at(j, "teacher"))
             T = max((len(s.completion_ids) for s in rows), default=1)
-            score_logp = self._score_logps(rows or None, T) if self.algo.num_score_contexts else None
-            t_teacher += time.perf_counter() - t0
+            score_logp = self._score_logps(rows, T) if self.algo.num_score_contexts and rows else None
             if not rows:
-                self._dummy_backward(teacher_gather=bool(teacher_at[j]))
-                self.engine.step()
+                for p in step.at(j, "score") + step.at(j, "student"):
+                    self._run_empty(p)
+                t_teacher += time.perf_counter() - t0
                 continue
+            t_teacher += time.perf_counter() - t0
             idx = plan[j]
             mb = collate(rows, pad_id=self.pad_id)
             tokens = self._dev(mb["completion_ids_BT"])
