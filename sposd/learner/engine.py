@@ -46,6 +46,7 @@ from sposd.learner.plan import (
     PassShape,
     Row,
     StepPlan,
+    balance_ranks,
     build_step_plan,
     local_micro_batches,
     logp_schedule,
@@ -127,6 +128,7 @@ class DeepSpeedLearner:
         offload_optimizer: bool = False,
         offload_params: bool = False,
         fp32_grad_accum: bool = True,
+        balance_ranks: bool = True,
     ) -> None:
         use_cached_torch_extensions()
         self.algo, self.device, self.pad_id = algo, device, pad_id
@@ -173,6 +175,7 @@ class DeepSpeedLearner:
             score_contexts=algo.num_score_contexts,
         )
         self.optimizer_steps = 0
+        self.balance = balance_ranks
 
     @property
     def module(self) -> torch.nn.Module:
@@ -315,6 +318,8 @@ class DeepSpeedLearner:
     def train_step(self, samples: list[LearnerSample], *, max_len: int) -> dict[str, float]:
         """One rollout batch -> ppo_epochs x num_minibatches optimiser steps. Returns rank-summed metrics."""
         cfg = self.algo.cfg
+        if self.balance and self.world > 1:
+            samples = self._rebalanced(samples)
         # The same number of optimiser steps on every rank (each is a series of collectives): as many mini-batches
         # as asked, but no more than the rank with the fewest samples can fill.
         fewest = -sdist.all_reduce([-len(samples)], op="max")[0]
@@ -340,6 +345,13 @@ class DeepSpeedLearner:
         if mem.peak_gb is not None:  # the largest rank's: what the step needs on top of what was resident
             metrics["mem/learn_peak_gb"] = sdist.all_reduce([mem.peak_gb], op="max")[0]
         return metrics
+
+    def _rebalanced(self, samples: list[LearnerSample]) -> list[LearnerSample]:
+        """This rank's share of every rank's samples, reassigned by token count (`plan.balance_ranks`): each ZeRO-3
+        gather waits for the slowest rank. The global loss, hence the gradient, does not depend on the split."""
+        everyone = [s for part in sdist.all_gather_objects(samples) for s in part]
+        assign = balance_ranks([len(s.prompt_ids) + len(s.completion_ids) for s in everyone], self.world)
+        return [everyone[i] for i in assign[self.rank]]
 
     @torch.no_grad()
     def _no_grad_logps(self, engine, samples: list[LearnerSample]) -> list[torch.Tensor]:

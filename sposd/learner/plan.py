@@ -19,6 +19,7 @@ and, for the frozen log-probs of a batch (old policy, KL reference):
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 # An op is (action, model). Actions: "forward" (no-grad forward, full logits), "hidden" (no-grad forward, final
@@ -211,3 +212,32 @@ def logp_schedule(micro_batches: list[list[int]], counts: list[int], model: str)
         (tuple(micro_batches[j]) if j < len(micro_batches) else (), Pass("logp", j, logp_ops(model)))
         for j in range(n)
     ]
+
+
+def balance_ranks(lengths: list[int], world: int) -> list[list[int]]:
+    """Assign samples to ranks so their token loads match: longest first, each to the least-loaded rank (LPT).
+
+    Every ZeRO-3 gather waits for the slowest rank, so the step time follows the heaviest rank's tokens.
+    Deterministic (ties go to the lower rank), so every rank computes the same assignment from the same
+    gathered lengths.
+
+    Args:
+        lengths: tokens (prompt + completion) of every sample of the step, in a global order.
+        world: ranks.
+    Returns: per rank, the global indices of its samples (ascending).
+    """
+    loads = [(0, r) for r in range(world)]
+    out: list[list[int]] = [[] for _ in range(world)]
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        load, r = heapq.heappop(loads)
+        out[r].append(i)
+        heapq.heappush(loads, (load + lengths[i], r))
+    return [sorted(o) for o in out]
+
+
+def padded_tokens(lengths: list[tuple[int, int]], budget: int) -> int:
+    """Tokens a rank's micro-batches hold with padding: sum of rows x (longest prompt + longest completion)."""
+    return sum(
+        len(mb) * (max(lengths[i][0] for i in mb) + max(lengths[i][1] for i in mb))
+        for mb in plan_micro_batches(lengths, budget)
+    )

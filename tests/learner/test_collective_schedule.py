@@ -5,7 +5,9 @@ captures the functions, while one `train_step` runs per algorithm family: dense 
 student with a token pre-pass and a separate teacher (tip, frozen initial teacher), K scoring passes (cepo), and
 GRPO with a KL reference and two mini-batches (frozen old and reference log-probs). Rank 0 has several
 micro-batches with and without distilled rows; rank 1 has one undistilled sample, or none at all. A missing
-pass on one rank would hang the job (the test's timeout) or show up here as different sequences.
+pass on one rank would hang the job (the test's timeout) or show up here as different sequences. Checked by
+sabotage: with `_run_empty` skipping its output-layer gathers, the ranks hang and the test fails on its timeout.
+Balancing is off here (it would even the work out); its own check reassigns the same uneven samples.
 """
 
 from __future__ import annotations
@@ -69,17 +71,22 @@ RANK1 = {"opsd": [sample([5], [44, 45])], "tip": [], "cepo": [sample([5], [44, 4
 
 for name, cfg in CONFIGS.items():
     learner = DeepSpeedLearner(TINY, algo=get_algo(cfg.name)(cfg), optim=Optim, total_steps=4, device="cpu",
-                               dtype="float32", zero_stage=3, micro_batch_tokens=16, pad_id=0)
+                               dtype="float32", zero_stage=3, micro_batch_tokens=16, pad_id=0,
+                               balance_ranks=False)
     start = len(LOG)
     samples = RANK0 if rank == 0 else RANK1[name]
     metrics = learner.train_step(samples, max_len=16)
     RESULT[name] = {"log": LOG[start:], "loss": metrics["loss/total"]}
+    if name == "grpo_kl":
+        mine = learner._rebalanced(samples)
+        RESULT["balanced_tokens"] = sum(len(s.prompt_ids) + len(s.completion_ids) for s in mine)
+        RESULT["balanced_ids"] = sorted(tuple(s.completion_ids) for s in mine)
     del learner
 """
 
 
 def test_uneven_ranks_issue_identical_collectives(tiny_model_dir, tmp_path):
-    out = run_ranks(f"TINY = {str(tiny_model_dir)!r}\n" + WORKER, tmp_path, timeout=900)
+    out = run_ranks(f"TINY = {str(tiny_model_dir)!r}\n" + WORKER, tmp_path, timeout=600)
     for name in ("opsd", "tip", "cepo", "grpo_kl"):
         log0, log1 = out[0][name]["log"], out[1][name]["log"]
         gathers = [c for c in log0 if c.startswith(("all_gather_into_tensor", "_all_gather_base"))]
@@ -87,3 +94,9 @@ def test_uneven_ranks_issue_identical_collectives(tiny_model_dir, tmp_path):
         assert log0 == log1, f"{name}: the ranks' collectives differ (lengths {len(log0)} vs {len(log1)})"
         assert out[0][name]["loss"] == out[1][name]["loss"]  # metrics are summed over ranks: the same number
         assert out[0][name]["loss"] == out[0][name]["loss"]  # finite
+    # Balanced: rank 0 held samples of 7, 4, 10, 10 tokens (prompt + completion), rank 1 one of 2. Longest first to
+    # the lighter rank (ties to rank 0): 10 -> r0 (10, 0), 10 -> r1 (10, 10), 7 -> r0 (17, 10), 4 -> r1 (17, 14),
+    # 2 -> r1 (17, 16).
+    assert (out[0]["balanced_tokens"], out[1]["balanced_tokens"]) == (17, 16)
+    assert not set(out[0]["balanced_ids"]) & set(out[1]["balanced_ids"])  # every sample on exactly one rank
+    assert len(out[0]["balanced_ids"]) + len(out[1]["balanced_ids"]) == 5
