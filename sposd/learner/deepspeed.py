@@ -115,6 +115,14 @@ def cpu_adam_threads(*, cores: int, local_ranks: int) -> int:
     return max(1, cores // max(1, local_ranks))
 
 
+def cpu_adam_buildable() -> bool:
+    """Whether DeepSpeed's CPU Adam is built already (TORCH_EXTENSIONS_DIR) or a C++ compiler can build it."""
+    ext = Path(os.environ.get("TORCH_EXTENSIONS_DIR", "~/.cache/sposd/torch_extensions")).expanduser()
+    if any(ext.glob("cpu_adam*/cpu_adam*.so")):
+        return True
+    return any(shutil.which(c) for c in (os.environ.get("CXX", ""), "c++", "g++") if c)
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], optim, *, offload: bool, device: str):
     """AdamW over `params`: torch's (on the accelerator), or DeepSpeed's CPU Adam when the optimizer is offloaded.
 
@@ -126,6 +134,13 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], optim, *, offload: boo
     if not offload:
         return torch.optim.AdamW(params, **kwargs)
     use_cached_torch_extensions()
+    if not cpu_adam_buildable():
+        from sposd.errors import UserError
+
+        raise UserError(
+            "hardware.offload_optimizer=true needs a C++ compiler to build DeepSpeed's CPU Adam once "
+            "(none found as $CXX, c++ or g++): install one (apt-get install g++) or set offload_optimizer=false"
+        )
     from deepspeed.ops.adam import DeepSpeedCPUAdam
 
     if device == "cuda":
