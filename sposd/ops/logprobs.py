@@ -47,7 +47,9 @@ class _TokenLogprob(torch.autograd.Function):
         B, T, _ = logits_BTV.shape
         grad_BTV = torch.empty_like(logits_BTV)
         for sl in _t_chunks(B, T, ctx.chunk_tokens):
-            d_BNV = logprob_block_grad(logits_BTV[:, sl], tokens_BT[:, sl], lse_BT[:, sl], grad_BT[:, sl], ctx.temperature)
+            d_BNV = logprob_block_grad(
+                logits_BTV[:, sl], tokens_BT[:, sl], lse_BT[:, sl], grad_BT[:, sl], ctx.temperature
+            )
             grad_BTV[:, sl] = d_BNV.to(logits_BTV.dtype)
         return grad_BTV, None, None, None
 
@@ -80,7 +82,9 @@ class _LogprobRule(BlockRule):
     def backward(self, z, per_pos, saved_nK, grads):
         if grads[0] is None:
             return {}
-        return {"logits_BTV": logprob_block_grad(z["logits_BTV"], per_pos["tokens_BT"], saved_nK[:, 0], grads[0], self.tau)}
+        return {
+            "logits_BTV": logprob_block_grad(z["logits_BTV"], per_pos["tokens_BT"], saved_nK[:, 0], grads[0], self.tau)
+        }
 
 
 @per_position(logits=("logits_BTV",), per_pos=("tokens_BT",), rule=lambda a: _LogprobRule(a["temperature"]))

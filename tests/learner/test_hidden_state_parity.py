@@ -107,7 +107,7 @@ def _dense_logits(hidden, weight, bias):
 def test_one_step_on_hidden_states_equals_the_dense_path(case, tiny_model_dir, monkeypatch):
     from sposd.algos import get_algo
     from sposd.learner import passes
-    from sposd.learner.engine import DeepSpeedLearner
+    from sposd.learner.learner import DeepSpeedLearner
 
     name, overrides = VARIANTS.get(case, (case, []))
     cfg = _algo_cfg(name, overrides)
@@ -141,3 +141,66 @@ def test_one_step_on_hidden_states_equals_the_dense_path(case, tiny_model_dir, m
     assert any(g.abs().max() > 0 for g in g_new.values())  # the step does move the policy
     if algo.cfg.distill.enabled:
         assert m_new["distill/tokens"] > 0, case
+
+
+@pytest.fixture(scope="module")
+def qwen3_vocab_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 64-wide Qwen3 with Qwen3's 151,936-entry vocabulary and an untied output layer (random)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config(
+        vocab_size=151_936,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("qwen3_vocab") / "model"
+    Qwen3ForCausalLM(cfg).save_pretrained(out)
+    return out
+
+
+def test_qwen3_vocabulary_step_on_hidden_states_equals_the_dense_path(qwen3_vocab_model_dir, monkeypatch):
+    # SSOPD (clipped surrogate + full-vocabulary JSD to the current policy) with 151,936 logits per position
+    from sposd.algos import get_algo
+    from sposd.learner import passes
+    from sposd.learner.learner import DeepSpeedLearner
+
+    cfg = _algo_cfg("ssopd", [])
+    algo = get_algo(cfg.name)(cfg, rollout_temperature=TEMPERATURE)
+    learner = DeepSpeedLearner(
+        str(qwen3_vocab_model_dir),
+        algo=algo,
+        optim=_Optim,
+        total_steps=10,
+        device="cpu",
+        dtype="float32",
+        zero_stage=3,
+        micro_batch_tokens=24,
+        pad_id=0,
+        loss_temperature=TEMPERATURE,
+    )
+    big = [
+        LearnerSample(
+            [150_000 + t for t in s.prompt_ids],
+            [151_000 + t for t in s.completion_ids],
+            s.adv,
+            teacher_prompt_ids=None if s.teacher_prompt_ids is None else s.teacher_prompt_ids + [151_935],
+            distill_weight=s.distill_weight,
+            distill_len=s.distill_len,
+            distill_units=s.distill_units,
+        )
+        for s in _samples(algo)
+    ]
+    m_new, g_new = _step_and_grads(learner, big)
+    with monkeypatch.context() as mp:
+        mp.setattr(passes, "logits_of", _dense_logits)
+        m_dense, g_dense = _step_and_grads(learner, big)
+    assert m_new["distill/tokens"] > 0
+    assert abs(m_new["loss/total"] - m_dense["loss/total"]) <= 1e-5
+    assert max((g_new[n] - g_dense[n]).abs().max().item() for n in g_new) <= 1e-5

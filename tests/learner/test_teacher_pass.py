@@ -25,7 +25,7 @@ class _Optim:
 def _learner(path, lr=1e-2, **distill):
     from sposd.algos import get_algo
     from sposd.algos.config import AlgoCfg, DistillCfg
-    from sposd.learner.engine import DeepSpeedLearner
+    from sposd.learner.learner import DeepSpeedLearner
 
     d = DistillCfg(coef=1.0, context="reference_solution", normalize="token_mean", **distill)
     algo = get_algo("opsd")(AlgoCfg(name="opsd", group_size=1, rl_coef=0.0, dual_clip_c=None, distill=d))
@@ -135,7 +135,7 @@ def test_checkpoint_restores_optimizer_schedule_and_ema_teacher_exactly(tiny_mod
 
 def _family_learner(path, algo_cfg, lr=1e-2):
     from sposd.algos import get_algo
-    from sposd.learner.engine import DeepSpeedLearner
+    from sposd.learner.learner import DeepSpeedLearner
 
     return DeepSpeedLearner(
         str(path),

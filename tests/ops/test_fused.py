@@ -87,7 +87,9 @@ def test_no_grad_statistics_on_hidden_states_equal_the_dense_ops():
     S, T_ = HiddenLogits(hs, Ws, bs), HiddenLogits(ht, Wt)
     Sd, Td = _dense(hs, Ws, bs).detach(), _dense(ht, Wt, None)
     with torch.no_grad():
-        torch.testing.assert_close(entropy_from_logits(S, temperature=0.9, chunk_tokens=2), entropy_from_logits(Sd, temperature=0.9))
+        torch.testing.assert_close(
+            entropy_from_logits(S, temperature=0.9, chunk_tokens=2), entropy_from_logits(Sd, temperature=0.9)
+        )
         for support in ("full", "teacher_topk", "student_topk_tail"):
             got = teacher_support_entropy(S, T_, support=support, topk=3, lengths_B=LENGTHS, chunk_tokens=3)
             ref = teacher_support_entropy(Sd, Td, support=support, topk=3, lengths_B=LENGTHS)
@@ -137,8 +139,15 @@ def test_gradcheck_of_the_hidden_state_divergence(support):
 
     def f(h, W, b):
         return per_token_divergence(
-            HiddenLogits(h, W, b), HiddenLogits(ht, Wt), kind="jsd", beta=0.4, support=support, topk=2,
-            temperature=0.9, lengths_B=lengths, chunk_tokens=2,
+            HiddenLogits(h, W, b),
+            HiddenLogits(ht, Wt),
+            kind="jsd",
+            beta=0.4,
+            support=support,
+            topk=2,
+            temperature=0.9,
+            lengths_B=lengths,
+            chunk_tokens=2,
         )
 
     assert torch.autograd.gradcheck(f, (h, W, b))
