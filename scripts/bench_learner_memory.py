@@ -18,9 +18,9 @@ and |gradient difference| (the full gradient of every parameter read before the 
     python scripts/bench_learner_memory.py                 # T = 1k, 2k, 4k, 8k; GRPO and SSOPD
     python scripts/bench_learner_memory.py --quick --json  # the largest T only
 
-The dense path at 8k tokens needs ~10 GB (GRPO) to ~25 GB (SSOPD) of fp32 logits and gradients: a dense case
-whose estimate (twice the last measured one) exceeds the memory available is skipped and said so; `peak_ratio`
-is then taken at the largest T where both paths ran (`peak_ratio_T`). Wall times grow when other jobs share the
+The dense path at 8k tokens needs ~14 GB (GRPO) to ~28 GB (SSOPD) of fp32 logits and gradients: a dense case
+whose estimate (`dense_need_gb`) exceeds 80% of the memory available is skipped and said so; `peak_ratio` is then
+taken at the largest T where both paths ran (`peak_ratio_T`). Wall times grow when other jobs share the
 cores: compare ratios, measured back to back.
 """
 
@@ -151,6 +151,14 @@ def child(argv: list[str]) -> None:
     print(json.dumps(run_case(model, algo, int(T), mode, out)), flush=True)
 
 
+def dense_need_gb(algo: str, T: int, last: tuple[int, float] | None) -> float:
+    """The dense case's expected peak: scaled from the last measured T, else 3 (GRPO: logits, their gradient, a
+    copy) or 6 (with a teacher: its logits and the divergence's gradient too) fp32 [T, V] tensors."""
+    if last:
+        return last[1] * T / last[0]
+    return (6 if algo != "grpo" else 3) * T * V * 4 / 2**30
+
+
 def mem_available_gb() -> float:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
@@ -188,18 +196,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_learner_mem_") as d:
         tmp = Path(d)
         model = build_model(tmp / "model", args.hidden)
-        last_dense: dict[str, float] = {}
+        last_dense: dict[str, tuple[int, float]] = {}
         for T in Ts:
             rows[T] = {}
             for algo in args.algos:
                 new = spawn(model, algo, T, "new", tmp)
                 r = {"new_gb": new["peak_gb"], "new_s": round(new["time_s"], 2)}
-                need = 2 * last_dense.get(algo, 0.0) * T / max(T // 2, 1) / 2
-                if need and need > 0.8 * mem_available_gb():
+                need = dense_need_gb(algo, T, last_dense.get(algo))
+                if need > 0.8 * mem_available_gb():
                     r["dense"] = f"skipped: needs ~{need:.0f} GB, {mem_available_gb():.0f} GB available"
                 else:
                     dense = spawn(model, algo, T, "dense", tmp)
-                    last_dense[algo] = dense["peak_gb"] or 0.0
+                    last_dense[algo] = (T, dense["peak_gb"] or 0.0)
                     g_new, g_dense = torch.load(new["grads"]), torch.load(dense["grads"])
                     diff = max((g_new[n] - g_dense[n]).abs().max().item() for n in g_new)
                     worst_grad = max(worst_grad, diff)
