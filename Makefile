@@ -28,6 +28,9 @@ else
 	@# DeepSpeed's CPU collectives op, compiled once here into this install's cache: no run compiles at start-up.
 	$(BIN)/python -m sposd.extensions
 endif
+	@# DeepSpeed JIT-builds its CPU Adam (hardware.offload_optimizer=true) once, with the machine's C++ compiler.
+	@command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || echo "note: no C++ compiler found;" \
+		"hardware.offload_optimizer=true and its test need one (apt-get install g++)"
 	touch $@
 
 demo: install

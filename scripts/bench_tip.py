@@ -89,7 +89,7 @@ def measure(args) -> dict:
 
     from sposd.algos import get_algo
     from sposd.algos.config import AlgoCfg, DistillCfg, TipCfg
-    from sposd.learner.engine import DeepSpeedLearner
+    from sposd.learner.learner import DeepSpeedLearner
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -148,7 +148,7 @@ def trl_worker(out: Path, *, model: str, steps: int) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from sposd.learner.engine import lr_lambda
+    from sposd.learner.deepspeed import lr_lambda
     from sposd.rewards.extract import extract_answer
 
     out.mkdir(parents=True, exist_ok=True)

@@ -182,7 +182,9 @@ class HardwareCfg:
         nproc: ranks per node (one per GPU); > 1 makes `sposd train` re-launch itself under torchrun.
         nodes: nodes; > 1 needs a launcher that starts every rank (SLURM: hydra/launcher=slurm).
         zero_stage: DeepSpeed ZeRO stage.
-        offload_optimizer, offload_params: ZeRO-3 optimizer state / parameters in CPU memory.
+        offload_optimizer, offload_params: ZeRO-3 optimizer state / parameters in CPU memory (the optimizer is then
+            DeepSpeed's CPU Adam, JIT-built once with the machine's C++ compiler).
+        fp32_grad_accum: accumulate gradients across micro-batches in fp32 (false: in the model dtype, -2 B/param).
         micro_batch_tokens: padded tokens per learner micro-batch.
         vllm_gpu_memory_utilization: vLLM's share of GPU memory (weights + KV cache).
         vllm_kv_cache_gb: KV cache on CPU.
@@ -203,6 +205,7 @@ class HardwareCfg:
     zero_stage: int = 3
     offload_optimizer: bool = False
     offload_params: bool = False
+    fp32_grad_accum: bool = True
     micro_batch_tokens: int = 8192
     vllm_gpu_memory_utilization: float = 0.5
     vllm_kv_cache_gb: float = 1.0

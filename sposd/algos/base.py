@@ -225,8 +225,9 @@ class Algorithm:
         """Whether the learner runs a second teacher pass on each distilled row's partner context (PAINT's
         full-solution interpolation partner) and hands its logits over as `DistillBatch.partner_logits_DTV`."""
         d = self.cfg.distill
-        cuts = TEACHER_CONTEXTS[d.context].cuts_reference
-        return d.enabled and cuts and d.interp_gamma > 0 and d.interp_partner == "full_solution_teacher"
+        if not d.enabled or d.interp_gamma <= 0 or d.interp_partner != "full_solution_teacher":
+            return False
+        return TEACHER_CONTEXTS[d.context].cuts_reference
 
     @property
     def needs_answer_classes(self) -> bool:

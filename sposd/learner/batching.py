@@ -1,4 +1,4 @@
-"""Turning completions into learner tensors: token-budget micro-batches and the prompt|completion layout.
+"""Turning completions into learner tensors: the prompt|completion layout (micro-batches: `learner.plan`).
 
 Layout (verl's): each row is [left-padded prompt | right-padded completion]. Every completion then starts at
 the same column P, so logits[:, P-1 : P-1+T] line up with the completion tokens of all rows at once.
@@ -47,42 +47,6 @@ class LearnerSample:
     @property
     def distilled(self) -> bool:
         return self.teacher_prompt_ids is not None and self.distill_weight > 0 and self.distill_len > 0
-
-    @property
-    def plan_length(self) -> tuple[int, int]:
-        """(context, completion) length for micro-batch planning: the longest of the student's and the teachers'
-        contexts (a teacher pass runs on the same rows)."""
-        ctx = max(len(self.prompt_ids), len(self.teacher_prompt_ids or ())) if self.distilled else len(self.prompt_ids)
-        ctx = max([ctx, *(len(c) for c in self.score_prompt_ids or ()), len(self.partner_prompt_ids or ())])
-        return ctx, len(self.completion_ids)
-
-
-def plan_micro_batches(lengths: list[tuple[int, int]], max_tokens: int) -> list[list[int]]:
-    """Group samples into micro-batches whose padded size (rows x (max prompt + max completion)) fits max_tokens.
-
-    Samples are sorted by total length first so each micro-batch pads little. A single sample longer than the
-    budget gets a micro-batch of its own.
-
-    Args:
-        lengths: (prompt_len, completion_len) per sample.
-        max_tokens: padded-token budget per micro-batch.
-    Returns: lists of sample indices.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i][0] + lengths[i][1], i))
-    plans: list[list[int]] = []
-    cur: list[int] = []
-    max_p = max_t = 0
-    for i in order:
-        p, t = lengths[i]
-        new_p, new_t = max(max_p, p), max(max_t, t)
-        if cur and (len(cur) + 1) * (new_p + new_t) > max_tokens:
-            plans.append(cur)
-            cur, new_p, new_t = [], p, t
-        cur.append(i)
-        max_p, max_t = new_p, new_t
-    if cur:
-        plans.append(cur)
-    return plans
 
 
 def collate(samples: list[LearnerSample], *, pad_id: int) -> dict[str, Tensor]:

@@ -333,7 +333,7 @@ def build_engine(cfg: TrainCfg, model_path: str, *, rank: int, max_model_len: in
 
 
 def build_learner(cfg: TrainCfg, model_path: str, *, algo, tokenizer):
-    from sposd.learner.engine import DeepSpeedLearner
+    from sposd.learner.learner import DeepSpeedLearner
 
     hw = cfg.hardware
     return DeepSpeedLearner(
@@ -351,4 +351,5 @@ def build_learner(cfg: TrainCfg, model_path: str, *, algo, tokenizer):
         trust_remote_code=cfg.model.trust_remote_code,
         offload_optimizer=hw.offload_optimizer,
         offload_params=hw.offload_params,
+        fp32_grad_accum=hw.fp32_grad_accum,
     )

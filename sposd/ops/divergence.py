@@ -25,6 +25,8 @@ import math
 import torch
 from torch import Tensor
 
+from sposd.ops.fused import BlockRule, HiddenLogits, per_position
+
 DIVERGENCES = ("fkl", "rkl", "jsd")
 SUPPORTS = ("full", "teacher_topk", "student_topk_tail")
 MISMATCH_SIGNS = ("abs", "teacher_sharper", "student_sharper")
@@ -435,6 +437,34 @@ def _log1mexp(x: Tensor) -> Tensor:
     return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
+class _FullVocabRule(BlockRule):
+    """The full-vocabulary divergence on HiddenLogits: `block_divergence` on each recomputed [n, V] block, saving
+    its per-position values; backward from `block_divergence_grad` (no second run of the op's forward)."""
+
+    def __init__(self, kind: str, beta: float, tau: float, clip, clip_mode: str, with_stats: bool) -> None:
+        self.kw = dict(kind=kind, beta=beta, tau=tau, clip=clip, clip_mode=clip_mode)
+        self.with_stats = with_stats
+
+    def forward(self, z, per_pos):
+        s, t = z["student_logits_BTV"], z["teacher_logits_BTV"]
+        D_n, saved_n2, st_n3 = block_divergence(s, t, with_stats=self.with_stats, **self.kw)
+        stats_n3 = st_n3 if st_n3 is not None else D_n.new_zeros(D_n.shape[0], len(STAT_KEYS))
+        return [D_n, stats_n3], saved_n2
+
+    def backward(self, z, per_pos, saved_nK, grads):
+        if grads[0] is None:
+            return {}
+        s, t = z["student_logits_BTV"], z["teacher_logits_BTV"]
+        return {"student_logits_BTV": block_divergence_grad(s, t, saved_nK, grads[0], **self.kw)}
+
+
+def _full_vocab_rule(a: dict) -> BlockRule | None:
+    if a["support"] != "full":
+        return None
+    kind, beta = resolve_divergence(a["kind"], a["beta"])
+    return _FullVocabRule(kind, beta, a["temperature"], a["clip"], a["clip_mode"], a["with_stats"])
+
+
 def per_token_divergence(
     student_logits_BTV: Tensor,
     teacher_logits_BTV: Tensor,
@@ -503,8 +533,43 @@ def divergence_with_stats(
     Returns: (D_BT, stats) with stats[k] of shape [B, T] for k in STAT_KEYS: "clipped" (element mode: vocabulary
     entries clamped at that position; token mode: 1.0 where D_t was clipped), "teacher_entropy" H(T) and
     "student_entropy" H(S), on the divergence's support (top-k supports: over their k or k + 1 entries).
-    Empty dict when with_stats is False.
+    Empty dict when with_stats is False. The logits may be `HiddenLogits` (computed block by block).
     """
+    D_BT, st_BT3 = divergence_parts(
+        student_logits_BTV,
+        teacher_logits_BTV,
+        kind=kind,
+        beta=beta,
+        temperature=temperature,
+        support=support,
+        topk=topk,
+        lengths_B=lengths_B,
+        chunk_tokens=chunk_tokens,
+        clip=clip,
+        clip_mode=clip_mode,
+        with_stats=with_stats,
+    )
+    return D_BT, ({k: st_BT3[..., i] for i, k in enumerate(STAT_KEYS)} if with_stats else {})
+
+
+@per_position(logits=("student_logits_BTV", "teacher_logits_BTV"), lengths="lengths_B", rule=_full_vocab_rule)
+def divergence_parts(
+    student_logits_BTV: Tensor,
+    teacher_logits_BTV: Tensor,
+    *,
+    kind: str,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    support: str = "full",
+    topk: int = 50,
+    lengths_B: Tensor | None = None,
+    chunk_tokens: int = 512,
+    clip: float | None = None,
+    clip_mode: str = "token",
+    with_stats: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """(D_BT, stats_BT3): `divergence_with_stats` with the statistics stacked in STAT_KEYS order (zeros without
+    with_stats), tensors only, so that it also runs block by block on HiddenLogits (`sposd.ops.fused`)."""
     kind, beta = resolve_divergence(kind, beta)
     _check_clip(clip, clip_mode)
     if support not in SUPPORTS:
@@ -519,7 +584,7 @@ def divergence_with_stats(
         D_BT, st_BT3 = _FullVocabDivergence.apply(
             student_logits_BTV, teacher, lengths, kind, beta, temperature, chunk, clip, clip_mode, with_stats
         )
-        return D_BT, ({k: st_BT3[..., i] for i, k in enumerate(STAT_KEYS)} if with_stats else {})
+        return D_BT, st_BT3 if with_stats else D_BT.new_zeros(*D_BT.shape, len(STAT_KEYS))
     acc = _acc(student_logits_BTV.dtype)
     if support == "teacher_topk":  # OPSD --top_k_loss: both renormalised over the teacher's top k
         idx_BTK = _topk_indices(teacher, topk, lengths, chunk)
@@ -545,7 +610,7 @@ def divergence_with_stats(
         D_BT = D_BT.clamp(max=clip)
     D_BT = torch.where(valid_BT1[..., 0], D_BT, 0.0)
     if not with_stats:
-        return D_BT, {}
+        return D_BT, D_BT.new_zeros(*D_BT.shape, len(STAT_KEYS)).detach()
     with torch.no_grad():
         v = valid_BT1[..., 0].to(acc)
         if clip is None:
@@ -559,7 +624,7 @@ def divergence_with_stats(
             "teacher_entropy": -_plogr(lt_BTK.exp(), lt_BTK).sum(-1) * v,
             "student_entropy": -_plogr(ls_BTK.detach().exp(), ls_BTK.detach()).sum(-1) * v,
         }
-    return D_BT, stats
+    return D_BT, torch.stack([stats[k] for k in STAT_KEYS], -1)
 
 
 def sampled_token_loss(student_logp_BT: Tensor, teacher_logp_BT: Tensor) -> Tensor:
@@ -604,6 +669,9 @@ def interpolate_teacher_logits_(
     """PAINT's energy-space interpolation, in place: z_T <- (1 - gamma) z_T + gamma sg(z_S) at masked positions."""
     if not 0 <= gamma <= 1:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    if isinstance(teacher_logits_BTV, HiddenLogits):  # recorded, applied to each block the ops compute
+        teacher_logits_BTV.interpolate_(student_logits_BTV, mask_BT, gamma)
+        return
     rows, cols = mask_BT.nonzero(as_tuple=True)
     for s in range(0, rows.numel(), chunk_tokens):
         r, c = rows[s : s + chunk_tokens], cols[s : s + chunk_tokens]
@@ -615,6 +683,7 @@ def interpolate_teacher_logits_(
 SG_TOPK_FROM = ("student", "teacher")
 
 
+@per_position(logits=("student_logits_BTV", "teacher_logits_BTV"), lengths="lengths_B")
 def sg_topk_reverse_kl(
     student_logits_BTV: Tensor,
     teacher_logits_BTV: Tensor,
@@ -665,6 +734,7 @@ def sg_topk_reverse_kl(
 
 
 @torch.no_grad()
+@per_position(logits=("student_logits_BTV", "teacher_logits_BTV"), lengths="lengths_B")
 def teacher_support_entropy(
     student_logits_BTV: Tensor,
     teacher_logits_BTV: Tensor,

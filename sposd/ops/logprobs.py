@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sposd.ops.fused import BlockRule, per_position
+
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """fp32 for bf16/fp16/fp32 logits, fp64 for fp64 (so gradcheck runs in double)."""
@@ -31,29 +33,61 @@ class _TokenLogprob(torch.autograd.Function):
     def forward(ctx, logits_BTV: Tensor, tokens_BT: Tensor, temperature: float, chunk_tokens: int) -> Tensor:
         acc = _acc_dtype(logits_BTV.dtype)
         B, T, _ = logits_BTV.shape
+        logp_BT = torch.empty(B, T, dtype=acc, device=logits_BTV.device)
         lse_BT = torch.empty(B, T, dtype=acc, device=logits_BTV.device)
         for sl in _t_chunks(B, T, chunk_tokens):
-            lse_BT[:, sl] = torch.logsumexp(logits_BTV[:, sl].to(acc) / temperature, dim=-1)
-        picked_BT = logits_BTV.gather(-1, tokens_BT.unsqueeze(-1)).squeeze(-1).to(acc) / temperature
+            logp_BT[:, sl], lse_BT[:, sl] = logprob_block(logits_BTV[:, sl], tokens_BT[:, sl], temperature)
         ctx.save_for_backward(logits_BTV, tokens_BT, lse_BT)
         ctx.temperature, ctx.chunk_tokens = temperature, chunk_tokens
-        return picked_BT - lse_BT
+        return logp_BT
 
     @staticmethod
     def backward(ctx, grad_BT: Tensor):
         logits_BTV, tokens_BT, lse_BT = ctx.saved_tensors
-        tau = ctx.temperature
         B, T, _ = logits_BTV.shape
         grad_BTV = torch.empty_like(logits_BTV)
         for sl in _t_chunks(B, T, ctx.chunk_tokens):
-            g_BN = grad_BT[:, sl].to(lse_BT.dtype)
-            p_BNV = torch.exp(logits_BTV[:, sl].to(lse_BT.dtype) / tau - lse_BT[:, sl, None])
-            d_BNV = -p_BNV * g_BN[..., None]
-            d_BNV.scatter_add_(-1, tokens_BT[:, sl, None], g_BN[..., None])
-            grad_BTV[:, sl] = (d_BNV / tau).to(logits_BTV.dtype)
+            d_BNV = logprob_block_grad(
+                logits_BTV[:, sl], tokens_BT[:, sl], lse_BT[:, sl], grad_BT[:, sl], ctx.temperature
+            )
+            grad_BTV[:, sl] = d_BNV.to(logits_BTV.dtype)
         return grad_BTV, None, None, None
 
 
+def logprob_block(z_XV: Tensor, tokens_X: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """(log softmax(z / tau)[y], logsumexp(z / tau)) over one block of positions, in the acc dtype."""
+    acc = _acc_dtype(z_XV.dtype)
+    lse_X = torch.logsumexp(z_XV.to(acc) / tau, dim=-1)
+    return z_XV.gather(-1, tokens_X.unsqueeze(-1)).squeeze(-1).to(acc) / tau - lse_X, lse_X
+
+
+def logprob_block_grad(z_XV: Tensor, tokens_X: Tensor, lse_X: Tensor, g_X: Tensor, tau: float) -> Tensor:
+    """g dlogp/dz = g (onehot(y) - softmax(z / tau)) / tau over one block (acc dtype), from the saved logsumexp."""
+    g_X = g_X.to(lse_X.dtype)
+    d_XV = torch.exp(z_XV.to(lse_X.dtype) / tau - lse_X[..., None]).mul_(-g_X[..., None])
+    d_XV.scatter_add_(-1, tokens_X[..., None], g_X[..., None])
+    return d_XV.div_(tau)
+
+
+class _LogprobRule(BlockRule):
+    """token_logprobs on HiddenLogits: saves logsumexp per position, backward from the recomputed block."""
+
+    def __init__(self, tau: float) -> None:
+        self.tau = tau
+
+    def forward(self, z, per_pos):
+        logp_n, lse_n = logprob_block(z["logits_BTV"], per_pos["tokens_BT"], self.tau)
+        return [logp_n], lse_n[:, None]
+
+    def backward(self, z, per_pos, saved_nK, grads):
+        if grads[0] is None:
+            return {}
+        return {
+            "logits_BTV": logprob_block_grad(z["logits_BTV"], per_pos["tokens_BT"], saved_nK[:, 0], grads[0], self.tau)
+        }
+
+
+@per_position(logits=("logits_BTV",), per_pos=("tokens_BT",), rule=lambda a: _LogprobRule(a["temperature"]))
 def token_logprobs(
     logits_BTV: Tensor, tokens_BT: Tensor, *, temperature: float = 1.0, chunk_tokens: int = 1024
 ) -> Tensor:
@@ -72,6 +106,7 @@ def token_logprobs(
     return _TokenLogprob.apply(logits_BTV, tokens_BT, temperature, chunk_tokens)
 
 
+@per_position(logits=("logits_BTV",))
 def entropy_from_logits(logits_BTV: Tensor, *, temperature: float = 1.0, chunk_tokens: int = 1024) -> Tensor:
     """Entropy H = logsumexp(z) - sum_v softmax(z)_v z_v of softmax(logits / temperature) at each position.
 

@@ -22,10 +22,12 @@ import torch
 from torch import Tensor
 
 from sposd.ops.divergence import per_token_divergence
+from sposd.ops.fused import per_position
 
 TIP_REGIONS = ("all", "q3")
 
 
+@per_position(logits=("student_logits_NV", "teacher_logits_NV"))
 @torch.no_grad()
 def tip_token_stats(
     student_logits_NV: Tensor,

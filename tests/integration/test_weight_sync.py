@@ -28,7 +28,7 @@ def stack(tiny_model_dir):
 
     from sposd.algos import get_algo
     from sposd.algos.config import AlgoCfg
-    from sposd.learner.engine import DeepSpeedLearner
+    from sposd.learner.learner import DeepSpeedLearner
     from sposd.rollout.vllm_engine import VLLMEngine
 
     assert AutoConfig.from_pretrained(tiny_model_dir).tie_word_embeddings

@@ -2,8 +2,9 @@
 
 import torch
 
-from sposd.learner.batching import LearnerSample, collate, plan_micro_batches
-from sposd.learner.engine import lr_lambda
+from sposd.learner.batching import LearnerSample, collate
+from sposd.learner.deepspeed import lr_lambda
+from sposd.learner.plan import plan_micro_batches
 
 
 def test_plan_respects_budget_and_covers_every_sample():

@@ -3,7 +3,7 @@
 A learner built after the default process group was torn down and re-created in the same process:
 
 vLLM's in-process engine destroys the default group when it shuts down; DeepSpeed keeps its cloned world
-group in a module global. Without `_forget_stale_deepspeed_groups`, the next learner's ZeRO-3 optimizer asks
+group in a module global. Without `forget_stale_deepspeed_groups`, the next learner's ZeRO-3 optimizer asks
 torch for its rank in that dead group and fails with "Group ... is not registered" (the CI failure of the
 teacher-pass tests, which run after the in-process vLLM tests).
 """
@@ -20,7 +20,7 @@ def test_stale_world_group_is_dropped_after_the_world_is_recreated():
     from deepspeed.utils import groups
 
     from sposd import dist as sdist
-    from sposd.learner.engine import _forget_stale_deepspeed_groups, use_cached_torch_extensions
+    from sposd.learner.deepspeed import forget_stale_deepspeed_groups, use_cached_torch_extensions
 
     use_cached_torch_extensions()  # the learner's op cache: deepspeed.init_distributed builds a comm op once
     sdist.init_distributed("cpu")
@@ -31,7 +31,7 @@ def test_stale_world_group_is_dropped_after_the_world_is_recreated():
     with pytest.raises(ValueError, match="not registered"):
         tdist.get_rank(group=stale)  # what DeepSpeed would have been handed
 
-    _forget_stale_deepspeed_groups()
+    forget_stale_deepspeed_groups()
 
     assert groups._WORLD_GROUP is None
     assert tdist.get_rank(group=groups._clone_world_group()) == 0  # a fresh clone of the live world
@@ -45,7 +45,7 @@ def test_peak_memory_counts_what_a_block_allocates_and_frees():
 
     code = """
 import torch
-from sposd.learner.engine import PeakMemory
+from sposd.learner.memory import PeakMemory
 with PeakMemory("cpu") as mem:
     x = torch.ones(16, 2**20)  # 16 x 2^20 x 4 B = 64 MiB, every page touched
     del x

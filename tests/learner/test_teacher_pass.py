@@ -25,7 +25,7 @@ class _Optim:
 def _learner(path, lr=1e-2, **distill):
     from sposd.algos import get_algo
     from sposd.algos.config import AlgoCfg, DistillCfg
-    from sposd.learner.engine import DeepSpeedLearner
+    from sposd.learner.learner import DeepSpeedLearner
 
     d = DistillCfg(coef=1.0, context="reference_solution", normalize="token_mean", **distill)
     algo = get_algo("opsd")(AlgoCfg(name="opsd", group_size=1, rl_coef=0.0, dual_clip_c=None, distill=d))
@@ -69,12 +69,13 @@ def test_teacher_rows_align_with_unpadded_single_sequence_forwards(tiny_model_di
     from transformers import AutoModelForCausalLM
 
     learner = _learner(tiny_model_dir, teacher="current")
-    logits = learner._teacher_logits(_samples())  # [3, 6, V], contexts left-padded to 11
+    logits = learner._teacher_logits(_samples())  # [3, 6, V] as hidden states + head, contexts left-padded to 11
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     for r, (_, ctx, comp) in enumerate(ROWS):
         with torch.no_grad():
             ref = plain(input_ids=torch.tensor([ctx + comp])).logits[0, len(ctx) - 1 : -1]
-        torch.testing.assert_close(logits[r, : len(comp)], ref, atol=1e-5, rtol=1e-5)
+        got = logits[r, : len(comp)].block(torch.arange(len(comp)))
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_ema_teacher_blends_shard_by_shard(tiny_model_dir):
@@ -134,7 +135,7 @@ def test_checkpoint_restores_optimizer_schedule_and_ema_teacher_exactly(tiny_mod
 
 def _family_learner(path, algo_cfg, lr=1e-2):
     from sposd.algos import get_algo
-    from sposd.learner.engine import DeepSpeedLearner
+    from sposd.learner.learner import DeepSpeedLearner
 
     return DeepSpeedLearner(
         str(path),
@@ -150,8 +151,8 @@ def _family_learner(path, algo_cfg, lr=1e-2):
 
 
 def test_tip_sparse_path_at_full_retention_equals_the_dense_path(tiny_model_dir):
-    # TIP without an RL term never builds dense student logits: hidden states + the output layer at the kept
-    # positions, under ZeRO-3. Keeping every position must give the dense OPSD(rkl) loss and the same update.
+    # TIP computes the divergence at its kept positions only (hidden states + the output layer there, under
+    # ZeRO-3). Keeping every position must give the OPSD(rkl) loss over all positions and the same update.
     import gc
 
     from sposd.algos.config import AlgoCfg, DistillCfg, TipCfg
@@ -168,7 +169,6 @@ def test_tip_sparse_path_at_full_retention_equals_the_dense_path(tiny_model_dir)
     results = []
     for cfg in (dense_cfg, tip_cfg):
         learner = _family_learner(tiny_model_dir, cfg)
-        assert learner.sparse == (cfg.name == "tip")
         m = learner.train_step(_samples(), max_len=8)
         results.append((m, _gathered(learner.module)))
         del learner

@@ -18,7 +18,7 @@ class _Optim:
 def test_actor_lr_is_the_rate_of_the_update_it_logs(tiny_model_dir):
     from sposd.algos import get_algo
     from sposd.algos.config import AlgoCfg
-    from sposd.learner.engine import DeepSpeedLearner
+    from sposd.learner.learner import DeepSpeedLearner
 
     algo = get_algo("grpo")(AlgoCfg(name="grpo", group_size=2))
     learner = DeepSpeedLearner(

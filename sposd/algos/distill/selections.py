@@ -136,7 +136,12 @@ class TipPrepass(TokenPrepass):
     def stats(self, S_NV: Tensor, T_NV: Tensor, term) -> Tensor:
         tip = term.cfg.tip
         h, j = tip_token_stats(
-            S_NV, T_NV, temperature=term.temperature, jsd_topk=tip.jsd_topk, scale=tip.scale, chunk_tokens=len(S_NV)
+            S_NV,
+            T_NV,
+            temperature=term.temperature,
+            jsd_topk=tip.jsd_topk,
+            scale=tip.scale,
+            chunk_tokens=term.cfg.chunk_tokens,
         )
         return torch.stack([h, j], -1)
 
