@@ -53,6 +53,7 @@ from sposd.learner.plan import (
     summarize,
 )
 from sposd.learner.teacher import TeacherWeights
+from sposd.ops.logprobs import sampled_token_logprobs
 
 
 class DeepSpeedLearner:
@@ -64,6 +65,8 @@ class DeepSpeedLearner:
         optim: `OptimCfg`-like object (lr, weight_decay, betas, eps, warmup_steps, schedule, min_lr_ratio, grad_clip).
         total_steps: optimiser steps the schedule spans.
         loss_temperature: logits are divided by this before log-softmax (= rollout temperature).
+        rollout_top_k, rollout_top_p: the rollout's truncation; the stale-weight alarm compares vLLM's log-probs
+            with the learner's under the same truncated distribution (vLLM's `processed_logprobs`).
     """
 
     def __init__(
@@ -85,10 +88,13 @@ class DeepSpeedLearner:
         offload_params: bool = False,
         fp32_grad_accum: bool = True,
         balance_ranks: bool = True,
+        rollout_top_k: int = -1,
+        rollout_top_p: float = 1.0,
     ) -> None:
         use_cached_torch_extensions()
         self.algo, self.device, self.pad_id = algo, device, pad_id
         self.micro_batch_tokens, self.loss_temperature = micro_batch_tokens, loss_temperature
+        self.rollout_top_k, self.rollout_top_p = rollout_top_k, rollout_top_p
         self.rank, self.world = sdist.init_distributed(device)
         forget_stale_deepspeed_groups()
         cfg = ds_config(
@@ -313,7 +319,22 @@ class DeepSpeedLearner:
         out = self.algo.loss(batch, norm)
         # every rank's backward must reach the output-layer call (its gather in backward is collective)
         self.engine.backward(passes.in_graph(out.loss * self.world, h, W, b), scale_wrt_gas=False)
-        return out, logp, mb
+        return out, self._sampled_logp(S, tokens, logp), mb
+
+    @torch.no_grad()
+    def _sampled_logp(self, S, tokens: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+        """The log-probs of the distribution the rollout sampled from (for the stale-weight alarm): `logp` itself
+        without top-k / top-p truncation, else recomputed under the same truncation, block by block."""
+        if not (0 < self.rollout_top_k < S.shape[-1] or self.rollout_top_p < 1.0):
+            return logp
+        return sampled_token_logprobs(
+            S.detach(),
+            tokens,
+            temperature=self.loss_temperature,
+            top_k=self.rollout_top_k,
+            top_p=self.rollout_top_p,
+            chunk_tokens=self._chunk,
+        ).clamp(min=-1e4)  # a token outside the learner's kept set: a large, finite alarm
 
     def _optimizer_step(self, samples, old, ref, max_len) -> dict[str, float]:
         # Distilled rows go first in each micro-batch (their student logits are the leading D rows). Every rank
@@ -354,12 +375,12 @@ class DeepSpeedLearner:
             T = max(len(s.completion_ids) for s in rows)
             score_logp = self._score_logps(rows, T) if self.algo.num_score_contexts else None
             t_teacher += time.perf_counter() - t0
-            out, logp, mb = self._student_pass(
+            out, sampled_lp, mb = self._student_pass(
                 plan[j], rows, drows, (teacher_logits, partner_logits), score_logp, token_w, old, ref, norm
             )
             self.engine.step()
             del teacher_logits, partner_logits
-            self._add_metrics(metrics, diff, out, logp, mb)
+            self._add_metrics(metrics, diff, out, sampled_lp, mb)
         self.optimizer_steps += 1
         self.teacher_weights.after_optimizer_step(self.optimizer_steps)
         # Ranks may have seen different metric names (one with no micro-batch at all): sum over the union.

@@ -352,4 +352,6 @@ def build_learner(cfg: TrainCfg, model_path: str, *, algo, tokenizer):
         offload_optimizer=hw.offload_optimizer,
         offload_params=hw.offload_params,
         fp32_grad_accum=hw.fp32_grad_accum,
+        rollout_top_k=cfg.rollout.top_k,
+        rollout_top_p=cfg.rollout.top_p,
     )

@@ -106,6 +106,48 @@ def token_logprobs(
     return _TokenLogprob.apply(logits_BTV, tokens_BT, temperature, chunk_tokens)
 
 
+@per_position(logits=("logits_BTV",), per_pos=("tokens_BT",))
+@torch.no_grad()
+def sampled_token_logprobs(
+    logits_BTV: Tensor,
+    tokens_BT: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int = -1,
+    top_p: float = 1.0,
+    chunk_tokens: int = 1024,
+) -> Tensor:
+    """Log-probability of each token under the distribution a sampler with (temperature, top_k, top_p) draws from:
+    softmax of logits / temperature with every token outside the top-k, then outside the top-p nucleus, removed
+    (vLLM's order; ties at the k-th logit are kept, and the nucleus always keeps the most likely token). This is
+    what vLLM reports with `logprobs_mode="processed_logprobs"`; -inf for a token outside the kept set. No grad.
+
+    Args:
+        logits_BTV: logits at the positions that predict tokens_BT (any float dtype).
+        tokens_BT: token ids (long).
+        temperature, top_k, top_p: the sampling settings (top_k -1 or 0 and top_p 1: no truncation).
+        chunk_tokens: tokens per fp32 block.
+    Returns: logp_BT in fp32 (fp64 for fp64 input).
+    """
+    acc = _acc_dtype(logits_BTV.dtype)
+    B, T, V = logits_BTV.shape
+    out = torch.zeros(B, T, dtype=acc, device=logits_BTV.device)
+    flat_z, flat_tok, flat_out = logits_BTV.reshape(-1, V), tokens_BT.reshape(-1), out.view(-1)
+    for s in range(0, flat_z.shape[0], max(1, chunk_tokens)):
+        z = flat_z[s : s + chunk_tokens].to(acc) / temperature
+        if 0 < top_k < V:
+            kth = z.topk(top_k, dim=-1).values[:, -1:]
+            z = z.masked_fill(z < kth, float("-inf"))
+        if top_p < 1.0:
+            p_sorted, idx = torch.softmax(z, -1).sort(dim=-1)  # ascending
+            drop = p_sorted.cumsum(-1) <= 1 - top_p
+            drop[:, -1] = False  # the most likely token always stays
+            z = z.scatter(-1, idx, z.gather(-1, idx).masked_fill(drop, float("-inf")))
+        tok = flat_tok[s : s + chunk_tokens].long()
+        flat_out[s : s + chunk_tokens] = torch.log_softmax(z, -1).gather(-1, tok[:, None])[:, 0]
+    return out
+
+
 @per_position(logits=("logits_BTV",))
 def entropy_from_logits(logits_BTV: Tensor, *, temperature: float = 1.0, chunk_tokens: int = 1024) -> Tensor:
     """Entropy H = logsumexp(z) - sum_v softmax(z)_v z_v of softmax(logits / temperature) at each position.
