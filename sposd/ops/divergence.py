@@ -584,7 +584,7 @@ def divergence_parts(
         D_BT, st_BT3 = _FullVocabDivergence.apply(
             student_logits_BTV, teacher, lengths, kind, beta, temperature, chunk, clip, clip_mode, with_stats
         )
-        return D_BT, st_BT3 if with_stats else D_BT.new_zeros(*D_BT.shape, len(STAT_KEYS))
+        return D_BT, st_BT3  # zeros without with_stats (the op fills them only when asked)
     acc = _acc(student_logits_BTV.dtype)
     if support == "teacher_topk":  # OPSD --top_k_loss: both renormalised over the teacher's top k
         idx_BTK = _topk_indices(teacher, topk, lengths, chunk)
