@@ -8,9 +8,12 @@ TRL (the optional `bench` extra: `pip install -e .[bench]`) runs its default HF 
 
     python scripts/bench_vs_trl.py --reps 3 --steps 12 --json
 
-Each repetition runs sposd, then TRL, each in a fresh process; the first 2 steps of every run are warm-up. The ratio
-is sposd / TRL of the median step times (< 1: sposd is faster). On a shared machine, read the per-repetition ratios:
-a busy neighbour inflates whichever arm it overlaps.
+Each repetition runs both arms, each in a fresh process, alternating which goes first (sposd, TRL, TRL, sposd, ...) so
+a drift of the host's speed spreads over both; the first 2 steps of every run are warm-up. The ratio is sposd / TRL of
+the median step times (< 1: sposd is faster). Each arm's CPU time per step (all threads of its process; sposd's
+verifier workers are separate processes and not counted, about 0.05 s/step) is printed beside it: on a busy machine
+the wall-time ratio is inflated by whichever arm a neighbour overlaps, the CPU-time ratio much less.
+`--sposd` adds overrides to the sposd arm (e.g. `--sposd hardware.vllm_enforce_eager=false`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--model", default=None, help="HF model dir (default: the embedded default's warm-started model)")
+    ap.add_argument("--sposd", nargs="*", default=[], help="extra Hydra overrides for the sposd arm")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ap.add_argument("--trl-worker", default=None, help=argparse.SUPPRESS)  # internal: run the TRL arm into this dir
     args = ap.parse_args()
@@ -51,20 +55,33 @@ def main() -> None:
     write_prompts(model, work / "prompts.jsonl", steps=args.steps)
     reps = []
     for rep in range(args.reps):
-        sposd_s = run_sposd(model, work / f"sposd_{rep}", steps=args.steps)
-        trl_s = run_trl(model, work / f"trl_{rep}", steps=args.steps)
-        reps.append({"rep": rep + 1, "sposd_s": sposd_s, "trl_s": trl_s, "ratio": sposd_s / trl_s})
-        print(f"rep {rep + 1}: sposd {sposd_s:.3f} s/step, TRL {trl_s:.3f} s/step, sposd/TRL {sposd_s / trl_s:.2f}")
+        order = ["sposd", "trl"] if rep % 2 == 0 else ["trl", "sposd"]
+        got = {
+            name: run_sposd(model, work / f"sposd_{rep}", steps=args.steps, extra=args.sposd)
+            if name == "sposd"
+            else run_trl(model, work / f"trl_{rep}", steps=args.steps)
+            for name in order
+        }
+        (sposd_s, sposd_cpu), (trl_s, trl_cpu) = got["sposd"], got["trl"]
+        r = {"rep": rep + 1, "first": order[0], "sposd_s": sposd_s, "trl_s": trl_s, "ratio": sposd_s / trl_s,
+             "sposd_cpu_s": sposd_cpu, "trl_cpu_s": trl_cpu, "cpu_ratio": sposd_cpu / trl_cpu}  # fmt: skip
+        reps.append(r)
+        print(
+            f"rep {rep + 1} ({order[0]} first): sposd {sposd_s:.3f} s/step ({sposd_cpu:.2f} CPU-s), TRL {trl_s:.3f} "
+            f"s/step ({trl_cpu:.2f} CPU-s), sposd/TRL {r['ratio']:.2f} (CPU {r['cpu_ratio']:.2f})"
+        )
     out = {
         "sposd_s_median": statistics.median(r["sposd_s"] for r in reps),
         "trl_s_median": statistics.median(r["trl_s"] for r in reps),
         "ratio_median": statistics.median(r["ratio"] for r in reps),
+        "cpu_ratio_median": statistics.median(r["cpu_ratio"] for r in reps),
+        "sposd_overrides": args.sposd,
         "reps": reps,
         "steps": args.steps,
         "warmup_steps": WARMUP,
         "job": {"prompts_per_step": PROMPTS, "group_size": GROUP, "max_new_tokens": NEW_TOKENS, "model": model},
     }
-    print(f"median over {len(reps)} reps: sposd/TRL = {out['ratio_median']:.2f}")
+    print(f"median over {len(reps)} reps: sposd/TRL = {out['ratio_median']:.2f} (CPU: {out['cpu_ratio_median']:.2f})")
     if args.json:
         print(json.dumps(out))
 
@@ -101,7 +118,8 @@ def _median_after_warmup(times: list[float]) -> float:
     return statistics.median(times[WARMUP:])
 
 
-def run_sposd(model: str, run_dir: Path, *, steps: int) -> float:
+def run_sposd(model: str, run_dir: Path, *, steps: int, extra: list[str]) -> tuple[float, float]:
+    """Median (wall, CPU) seconds per step after warm-up."""
     cmd = [
         sys.executable,
         "-m",
@@ -122,16 +140,21 @@ def run_sposd(model: str, run_dir: Path, *, steps: int) -> float:
         "train.checkpoint.every=0",
         "train.checkpoint.on_exit=false",
         f"hydra.run.dir={run_dir}",
+        *extra,
     ]
     _run(cmd, "sposd")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return _median_after_warmup([r["time/step_s"] for r in rows])
+    return _median_after_warmup([r["time/step_s"] for r in rows]), _median_after_warmup(
+        [r["time/step_cpu_s"] for r in rows]
+    )
 
 
-def run_trl(model: str, out: Path, *, steps: int) -> float:
+def run_trl(model: str, out: Path, *, steps: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds per step after warm-up."""
     cmd = [sys.executable, __file__, "--trl-worker", str(out), "--model", model, "--steps", str(steps)]
     _run(cmd, "TRL")
-    return _median_after_warmup(json.loads((out / "step_times.json").read_text()))
+    times = json.loads((out / "step_times.json").read_text())
+    return _median_after_warmup(times["wall"]), _median_after_warmup(times["cpu"])
 
 
 def _run(cmd: list[str], name: str) -> None:
@@ -157,14 +180,15 @@ def trl_worker(out: Path, *, model: str, steps: int) -> None:
     def reward(completions, answer, **kwargs) -> list[float]:  # the toy task's integer answers, as sposd grades them
         return [float(extract_answer(c) == str(a)) for c, a in zip(completions, answer, strict=True)]
 
-    times: list[float] = []
+    times: dict[str, list[float]] = {"wall": [], "cpu": []}
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, *a, **k):
-            self.t0 = time.perf_counter()
+            self.t0, self.cpu0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *a, **k):
-            times.append(time.perf_counter() - self.t0)
+            times["wall"].append(time.perf_counter() - self.t0)
+            times["cpu"].append(time.process_time() - self.cpu0)
 
     policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
     opt = torch.optim.AdamW(policy.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
