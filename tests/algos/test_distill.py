@@ -12,7 +12,8 @@ from sposd.algos.base import DistillBatch, Normalizer, PolicyBatch, TeacherConte
 from sposd.algos.config import AlgoCfg, DistillCfg, TipCfg
 from sposd.algos.distill import METRIC_KEYS, DistillTerm, distill_requests
 from sposd.algos.grpo import PolicyGradientTerm
-from sposd.ops.divergence import per_token_divergence, teacher_support_entropy
+from sposd.ops.divergence import per_token_divergence
+from sposd.ops.teacher_signal import teacher_support_entropy
 from sposd.types import Completion, Prompt, RolloutGroup
 
 SSOPD = dict(
