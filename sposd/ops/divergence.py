@@ -251,90 +251,19 @@ def _full_vocab_rule(a: dict) -> BlockRule | None:
     return _FullVocabRule(kind, beta, a["temperature"], a["clip"], a["clip_mode"], a["with_stats"])
 
 
-def per_token_divergence(
-    student_logits_BTV: Tensor,
-    teacher_logits_BTV: Tensor,
-    *,
-    kind: str,
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    support: str = "full",
-    topk: int = 50,
-    lengths_B: Tensor | None = None,
-    chunk_tokens: int = 512,
-    clip: float | None = None,
-    clip_mode: str = "token",
-) -> Tensor:
-    """D_t between softmax(teacher / tau) and softmax(student / tau) at every position (fp32; fp64 for fp64).
-
-    Differentiable w.r.t. the student logits only. Positions t >= lengths_B[b] are not computed: D = 0 there,
-    with zero gradient.
-
-    Args:
-        student_logits_BTV: student logits (any float dtype; may be a strided view: it is never copied whole).
-        teacher_logits_BTV: teacher logits at the same positions (detached).
-        kind, beta: "fkl" | "rkl" | "jsd" (beta 0 / 1 -> fkl / rkl).
-        temperature: divides both logits.
-        support: "full" (chunked custom autograd), "teacher_topk" (teacher's top-k, both renormalised over k),
-            "student_topk_tail" (student's top-k, full-vocab log-probs there plus a tail bucket, no renorm).
-        topk: k of the top-k supports.
-        lengths_B: valid positions per row (None = all T).
-        chunk_tokens: positions per [chunk, V] fp32 block.
-        clip, clip_mode: None = off; "token" min(D_t, clip); "element" each per-entry term clamped before the sum.
-    Returns: D_BT.
-    """
-    return divergence_with_stats(
-        student_logits_BTV,
-        teacher_logits_BTV,
-        kind=kind,
-        beta=beta,
-        temperature=temperature,
-        support=support,
-        topk=topk,
-        lengths_B=lengths_B,
-        chunk_tokens=chunk_tokens,
-        clip=clip,
-        clip_mode=clip_mode,
-        with_stats=False,
-    )[0]
+def per_token_divergence(student_logits_BTV: Tensor, teacher_logits_BTV: Tensor, **options) -> Tensor:
+    """D_t between softmax(teacher / tau) and softmax(student / tau) at every position: `divergence_parts`'s D_BT
+    (its keyword options; no statistics)."""
+    return divergence_parts(student_logits_BTV, teacher_logits_BTV, **options, with_stats=False)[0]
 
 
 def divergence_with_stats(
-    student_logits_BTV: Tensor,
-    teacher_logits_BTV: Tensor,
-    *,
-    kind: str,
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    support: str = "full",
-    topk: int = 50,
-    lengths_B: Tensor | None = None,
-    chunk_tokens: int = 512,
-    clip: float | None = None,
-    clip_mode: str = "token",
-    with_stats: bool = True,
+    student_logits_BTV: Tensor, teacher_logits_BTV: Tensor, **options
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """`per_token_divergence` plus per-position statistics (no grad, 0 beyond each row's length).
-
-    Returns: (D_BT, stats) with stats[k] of shape [B, T] for k in STAT_KEYS: "clipped" (element mode: vocabulary
-    entries clamped at that position; token mode: 1.0 where D_t was clipped), "teacher_entropy" H(T) and
-    "student_entropy" H(S), on the divergence's support (top-k supports: over their k or k + 1 entries).
-    Empty dict when with_stats is False. The logits may be `HiddenLogits` (computed block by block).
-    """
-    D_BT, st_BT3 = divergence_parts(
-        student_logits_BTV,
-        teacher_logits_BTV,
-        kind=kind,
-        beta=beta,
-        temperature=temperature,
-        support=support,
-        topk=topk,
-        lengths_B=lengths_B,
-        chunk_tokens=chunk_tokens,
-        clip=clip,
-        clip_mode=clip_mode,
-        with_stats=with_stats,
-    )
+    """`divergence_parts` (its keyword options) with the statistics as a dict: stats[k] of shape [B, T] for k in
+    STAT_KEYS (empty when with_stats=False)."""
+    with_stats = options.pop("with_stats", True)
+    D_BT, st_BT3 = divergence_parts(student_logits_BTV, teacher_logits_BTV, **options, with_stats=with_stats)
     return D_BT, ({k: st_BT3[..., i] for i, k in enumerate(STAT_KEYS)} if with_stats else {})
 
 
@@ -354,8 +283,29 @@ def divergence_parts(
     clip_mode: str = "token",
     with_stats: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """(D_BT, stats_BT3): `divergence_with_stats` with the statistics stacked in STAT_KEYS order (zeros without
-    with_stats), tensors only, so that it also runs block by block on HiddenLogits (`sposd.ops.fused`)."""
+    """D_t between softmax(teacher / tau) and softmax(student / tau) at every position (fp32; fp64 for fp64), and
+    per-position statistics; tensors only, so that it also runs block by block on `HiddenLogits` (`sposd.ops.fused`).
+
+    Differentiable w.r.t. the student logits only. Positions t >= lengths_B[b] are not computed: D = 0 there,
+    with zero gradient.
+
+    Args:
+        student_logits_BTV: student logits (any float dtype; may be a strided view: it is never copied whole).
+        teacher_logits_BTV: teacher logits at the same positions (detached).
+        kind, beta: "fkl" | "rkl" | "jsd" (beta 0 / 1 -> fkl / rkl).
+        temperature: divides both logits.
+        support: "full" (chunked custom autograd), "teacher_topk" (teacher's top-k, both renormalised over k),
+            "student_topk_tail" (student's top-k, full-vocab log-probs there plus a tail bucket, no renorm).
+        topk: k of the top-k supports.
+        lengths_B: valid positions per row (None = all T).
+        chunk_tokens: positions per [chunk, V] fp32 block.
+        clip, clip_mode: None = off; "token" min(D_t, clip); "element" each per-entry term clamped before the sum.
+        with_stats: compute the statistics (else zeros).
+    Returns: (D_BT, stats_BT3), the statistics stacked in STAT_KEYS order (no grad, 0 beyond each row's length):
+        "clipped" (element mode: vocabulary entries clamped at that position; token mode: 1.0 where D_t was
+        clipped), "teacher_entropy" H(T) and "student_entropy" H(S), on the divergence's support (top-k supports:
+        over their k or k + 1 entries).
+    """
     kind, beta = resolve_divergence(kind, beta)
     _check_clip(clip, clip_mode)
     if support not in SUPPORTS:
