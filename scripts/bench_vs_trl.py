@@ -12,7 +12,8 @@ Each repetition runs every arm, each in a fresh process, in alternating order (s
 a drift of the host's speed spreads over both; the first 2 steps of every run are warm-up. The ratio is sposd / TRL of
 the median step times (< 1: sposd is faster). Each arm's CPU time per step (all threads of its process; sposd's
 verifier workers are separate processes and not counted, about 0.05 s/step) is printed beside it: on a busy machine
-the wall-time ratio is inflated by whichever arm a neighbour overlaps, the CPU-time ratio much less.
+the wall-time ratio is inflated by whichever arm a neighbour overlaps, the CPU-time ratio much less. Each arm's wall
+time outside its steps (start-up, vLLM's compilation, teardown) is in the JSON (`<arm>_outside_s`).
 `--sposd` adds overrides to the sposd arm; `--variant LABEL:override,...` adds another sposd arm to every repetition
 (e.g. `--variant unshared:hardware.share_prompts=false --variant compiled:hardware.vllm_enforce_eager=false`).
 `--threads N` gives every arm N torch / OpenMP threads (default 2, the machine's cores). With other jobs on the
@@ -75,14 +76,15 @@ def main() -> None:
             else run_sposd(model, work / f"{name}_{rep}", steps=args.steps, extra=arms[name], threads=args.threads)
             for name in order
         }
-        trl_s, trl_cpu = got["trl"]
-        r = {"rep": rep + 1, "order": order, "trl_s": trl_s, "trl_cpu_s": trl_cpu}
+        trl_s, trl_cpu, trl_outside = got["trl"]
+        r = {"rep": rep + 1, "order": order, "trl_s": trl_s, "trl_cpu_s": trl_cpu, "trl_outside_s": trl_outside}
         line = []
         for name in arms:
-            wall, cpu = got[name]
+            wall, cpu, outside = got[name]
             r |= {
                 f"{name}_s": wall,
                 f"{name}_cpu_s": cpu,
+                f"{name}_outside_s": outside,
                 f"{name}_ratio": wall / trl_s,
                 f"{name}_cpu_ratio": cpu / trl_cpu,
             }
@@ -152,8 +154,9 @@ def _median_after_warmup(times: list[float]) -> float:
     return statistics.median(times[WARMUP:])
 
 
-def run_sposd(model: str, run_dir: Path, *, steps: int, extra: list[str], threads: int) -> tuple[float, float]:
-    """Median (wall, CPU) seconds per step after warm-up."""
+def run_sposd(model: str, run_dir: Path, *, steps: int, extra: list[str], threads: int) -> tuple[float, float, float]:
+    """Median (wall, CPU) seconds per step after warm-up, and the run's wall seconds outside its steps (start-up,
+    compilation, teardown)."""
     cmd = [
         sys.executable,
         "-m",
@@ -177,27 +180,28 @@ def run_sposd(model: str, run_dir: Path, *, steps: int, extra: list[str], thread
         f"hardware.num_threads={threads}",
         *extra,
     ]
-    _run(cmd, "sposd", threads=threads)
+    total = _run(cmd, "sposd", threads=threads)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return _median_after_warmup([r["time/step_s"] for r in rows]), _median_after_warmup(
-        [r["time/step_cpu_s"] for r in rows]
-    )
+    wall = [r["time/step_s"] for r in rows]
+    return _median_after_warmup(wall), _median_after_warmup([r["time/step_cpu_s"] for r in rows]), total - sum(wall)
 
 
-def run_trl(model: str, out: Path, *, steps: int, threads: int) -> tuple[float, float]:
-    """Median (wall, CPU) seconds per step after warm-up."""
+def run_trl(model: str, out: Path, *, steps: int, threads: int) -> tuple[float, float, float]:
+    """As `run_sposd`."""
     cmd = [sys.executable, __file__, "--trl-worker", str(out), "--model", model, "--steps", str(steps)]
-    _run([*cmd, "--threads", str(threads)], "TRL", threads=threads)
+    total = _run([*cmd, "--threads", str(threads)], "TRL", threads=threads)
     times = json.loads((out / "step_times.json").read_text())
-    return _median_after_warmup(times["wall"]), _median_after_warmup(times["cpu"])
+    return _median_after_warmup(times["wall"]), _median_after_warmup(times["cpu"]), total - sum(times["wall"])
 
 
-def _run(cmd: list[str], name: str, *, threads: int) -> None:
+def _run(cmd: list[str], name: str, *, threads: int) -> float:
+    """Run one arm's process; returns its wall seconds."""
     t0 = time.perf_counter()
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": str(threads)}
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     if r.returncode:
         sys.exit(f"the {name} run failed ({r.returncode}) after {time.perf_counter() - t0:.0f} s:\n{r.stderr[-3000:]}")
+    return time.perf_counter() - t0
 
 
 # ---- the TRL arm (a process of its own) ------------------------------------------------------------------------
