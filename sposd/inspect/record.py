@@ -130,7 +130,8 @@ def _row(c, step: int, sample, group_comp, adv: float, request, tensors: dict, r
 
     def top(who: str) -> list:
         ids, ps = tensors[f"{who}_top_DTK"][r, :n].tolist(), tensors[f"{who}_topp_DTK"][r, :n].tolist()
-        return [[[_piece(tok, i), _num(p, 4)] for i, p in zip(ii, pp, strict=True)] for ii, pp in zip(ids, ps, strict=True)]
+        pairs = (zip(ii, pp, strict=True) for ii, pp in zip(ids, ps, strict=True))
+        return [[[_piece(tok, i), _num(p, 4)] for i, p in pos] for pos in pairs]
 
     return {
         "version": FORMAT_VERSION,

@@ -51,7 +51,8 @@ def recorded_steps(run_dir: Path) -> list[int]:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a directory; give a run directory of `sposd train`")
     d = inspect_dir(run_dir)
-    steps = sorted(int(m.group(1)) for p in (d.glob("step_*.jsonl.gz") if d.is_dir() else []) if (m := _NAME.search(p.name)))
+    names = [p.name for p in d.glob("step_*.jsonl.gz")] if d.is_dir() else []
+    steps = sorted(int(m.group(1)) for n in names if (m := _NAME.search(n)))
     if not steps:
         raise UserError(
             f"{run_dir} has no inspect/step_N.jsonl.gz; train with train.inspect.every=N (e.g. 5) to record the "

@@ -130,7 +130,7 @@ class DistillTerm:
 
     # ---- loss --------------------------------------------------------------------------------------------
     def per_token(self, S, T_, tokens, lengths, logp, old_logp) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """The loss's per-position values (`_per_token`), for diagnostics that must show exactly them (`sposd inspect`)."""
+        """The loss's per-position values (`_per_token`), for diagnostics that show exactly them (`sposd inspect`)."""
         return self._per_token(S, T_, tokens, lengths, logp, old_logp)
 
     def _per_token(self, S, T_, tokens, lengths, logp, old_logp) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
