@@ -5,7 +5,8 @@ marked), the student's prompt folded, then the completion with each token shaded
 white at 0; blue for the negative values an element clip can leave), clipped tokens underlined, positions without
 loss greyed, the first arithmetic / answer error boxed and the first large disagreement marked. Hovering a token
 shows, in the side panel, D_t with and without the clip and the teacher's and the student's top alternatives;
-clicking pins it. Above the rows: the step's summary and a table of every recorded step.
+clicking pins it (`page.html#t=ROW.TOKEN` opens with one pinned). Above the rows: the step's summary and a table
+of every recorded step.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ h1{font-size:20px;margin:0 0 4px} h2{font-size:15px;margin:0}
 th{background:#f3f4f6} td:first-child,th:first-child{text-align:left}
 .summary{background:#f9fafb;border:1px solid #e5e7eb;border-radius:6px;padding:8px 12px;margin:10px 0}
 .row{border:1px solid #e5e7eb;border-radius:6px;padding:10px 12px;margin:12px 0}
-.row.correct{border-left:5px solid #16a34a} .row.wrong{border-left:5px solid #dc2626}
+.row.correct{border-left:5px solid #16a34a} .row.wrong{border-left:5px solid #9f1239}
 details{margin:4px 0} summary{cursor:pointer;color:#374151}
 pre.ctx{white-space:pre-wrap;word-break:break-word;background:#f9fafb;padding:6px;margin:4px 0;font:12px monospace}
 mark.priv{background:#fde68a;outline:1px solid #d97706}
@@ -63,14 +64,17 @@ function show(el){
   }
   document.getElementById('detail').innerHTML = h + '</table>';
 }
+function pin(el){
+  if (pinned) pinned.classList.remove('sel');
+  pinned = (pinned === el) ? null : el;
+  if (pinned) { pinned.classList.add('sel'); show(el); }
+}
 document.querySelectorAll('.tok').forEach(el => {
   el.addEventListener('mouseenter', () => { if (!pinned) show(el); });
-  el.addEventListener('click', () => {
-    if (pinned) pinned.classList.remove('sel');
-    pinned = (pinned === el) ? null : el;
-    if (pinned) { pinned.classList.add('sel'); show(el); }
-  });
+  el.addEventListener('click', () => pin(el));
 });
+const m = location.hash.match(/^#t=(\\d+)\\.(\\d+)$/);  // page.html#t=ROW.TOKEN opens with that token pinned
+if (m) { const el = document.querySelector(`.tok[data-r="${m[1]}"][data-t="${m[2]}"]`); if (el) pin(el); }
 """
 
 
@@ -138,8 +142,7 @@ def render_page(rows: list[dict], *, step: int, run_dir: str, steps_table: list[
 def _summary_html(s: dict, scale: float) -> str:
     lead = "-" if s["mean_lead"] is None else f"{s['mean_lead']:+.1f} tokens"
     legend = "".join(
-        f"<span style='background:rgb{shade(v * scale, scale)}'></span>"
-        for v in (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0)
+        f"<span style='background:rgb{shade(v * scale, scale)}'></span>" for v in (-1.0, -0.5, 0.0, 1 / 3, 2 / 3, 1.0)
     )
     return (
         "<div class='summary' id='summary'><table>"
