@@ -1,12 +1,12 @@
 """Recording the distillation signal during training: `run_dir/inspect/step_N.jsonl.gz`, one JSON row per
 inspected completion (the format: `sposd.inspect.records`).
 
-When due (`train.inspect.every`), before the learner step (so the weights are those the loss differentiates),
-each rank takes its first few distilled samples and runs ONE extra no-grad pass of the student on
-[student prompt | completion] and of the teacher (the same teacher weights as the loss) on
-[teacher context | completion]; `signal.per_position_signal` computes the per-token values with the loss's own op.
-Every rank issues the same passes (ZeRO-3 gathers are collective): a rank without rows runs them on empty input.
-Rank 0 gathers every rank's rows and writes the file atomically.
+When due (`train.inspect.every`), each rank marks its first few distilled samples (`LearnerSample.inspect_key`) and
+hands the learner an `InspectTap`. The learner's student pass calls it with every micro-batch's distilled rows and
+their `DistillBatch` before the loss: the tap reads the marked rows' student and teacher logits (the step's own
+hidden states and output layers, detached; no extra forward, no collective) and `signal.per_position_signal`
+computes the per-token values with the loss's own function. After the step, every rank's captures and row
+descriptions are gathered and rank 0 writes the file atomically.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,83 +30,91 @@ def inspection_due(every: int, step: int) -> bool:
     return bool(every) and (step == 1 or step % every == 0)
 
 
-def record_inspection(c, step: int, kept, batch) -> dict[str, float]:
-    """Record step `step`'s signal when `train.inspect.every` says so; returns {"time/inspect_s": ...} or {}.
+class InspectTap:
+    """The learner's tap: per-position signal of the marked samples, from the first micro-batch that holds each.
+
+    With several optimiser steps per batch (ppo_epochs, num_minibatches) a sample is captured at its first pass,
+    whose policy is the one that sampled it (an importance ratio of 1, as the recording assumes).
+
+    Args:
+        term: the algorithm's `DistillTerm`. topk: alternatives per position.
+    """
+
+    def __init__(self, term, *, topk: int) -> None:
+        self.term, self.topk = term, topk
+        self.captured: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        self.seconds = 0.0
+
+    @torch.no_grad()
+    def __call__(self, drows, db) -> None:
+        idx = [i for i, s in enumerate(drows) if s.inspect_key is not None and s.inspect_key not in self.captured]
+        if not idx:
+            return
+        t0 = time.perf_counter()
+        sel = torch.tensor(idx, device=db.tokens_DT.device)
+        out = per_position_signal(
+            self.term,
+            _rows_of(db.student_logits_DTV, sel),
+            _rows_of(db.teacher_logits_DTV, sel),
+            db.tokens_DT[sel],
+            db.lengths_D[sel],
+            db.weight_D[sel],
+            token_weight_DT=None if db.token_weight_DT is None else db.token_weight_DT[sel],
+            partner=None if db.partner_logits_DTV is None else _rows_of(db.partner_logits_DTV, sel),
+            topk=self.topk,
+        )
+        for r, i in enumerate(idx):
+            self.captured[drows[i].inspect_key] = {k: v[r].cpu() for k, v in out.items()}
+        self.seconds += time.perf_counter() - t0
+
+
+def _rows_of(logits, sel: torch.Tensor):
+    """Rows `sel` of the learner's logits, detached, as a fresh object (the loss may record PAINT's interpolation
+    on the original; this copy carries none)."""
+    from sposd.ops.fused import HiddenLogits
+
+    if isinstance(logits, HiddenLogits):
+        bias = None if logits.bias is None else logits.bias.detach()
+        return HiddenLogits(logits.hidden[sel].detach(), logits.weight.detach(), bias)
+    return logits[sel].detach().clone()
+
+
+@contextmanager
+def inspection(c, step: int, kept, batch):
+    """Around the learner step: record step `step`'s signal when `train.inspect.every` says so. Yields the metrics
+    dict it fills after the step ({"time/inspect_s": ...}, or nothing when not due). Every rank must enter it.
 
     Args:
         c: the run's `Components` (config, learner, algorithm, tokenizer, rank, world, run_dir).
         kept: the step's kept `RolloutGroup`s, in the order of batch.samples.
         batch: the step's `LearnerBatch` (samples and their teacher requests).
     """
+    metrics: dict[str, float] = {}
     icfg = c.cfg.train.inspect
     if not inspection_due(icfg.every, step):
-        return {}
+        yield metrics
+        return
+    per_rank = max(1, math.ceil(icfg.rows / c.world))
+    chosen = [i for i, s in enumerate(batch.samples) if s.distilled][:per_rank]
+    for k, i in enumerate(chosen):
+        batch.samples[i].inspect_key = (c.rank, k)
+    tap = c.learner.inspect_tap = InspectTap(_distill_term(c.algo), topk=icfg.topk)
+    try:
+        yield metrics
+    finally:
+        c.learner.inspect_tap = None
+        for i in chosen:
+            batch.samples[i].inspect_key = None
     t0 = time.perf_counter()
     comps = [(g, comp) for g in kept for comp in g.completions]
-    per_rank = max(1, math.ceil(icfg.rows / c.world))
-    idx = [i for i, s in enumerate(batch.samples) if s.distilled][:per_rank]
-    tensors = inspect_samples(c.learner, [batch.samples[i] for i in idx], topk=icfg.topk)
-    rows = [
-        _row(c, step, batch.samples[i], comps[i], batch.advs[i], _request(batch, i), tensors, r)
-        for r, i in enumerate(idx)
-    ]
-    gathered = sdist.all_gather_objects(rows)
+    described = {(c.rank, k): _describe(c, step, batch, comps, i) for k, i in enumerate(chosen)}
+    parts = sdist.all_gather_objects((described, tap.captured))  # a sample may have moved rank (rank balancing)
     if c.rank == 0:
-        everything = [dict(r, rank=k) for k, part in enumerate(gathered) for r in part]
-        write_rows(step_path(c.run_dir, step), everything)
-    return {"time/inspect_s": time.perf_counter() - t0}
-
-
-def _request(batch, i: int):
-    requests = getattr(batch, "requests", None)
-    return requests[i] if requests else None
-
-
-@torch.no_grad()
-def inspect_samples(learner, samples, *, topk: int) -> dict[str, torch.Tensor] | None:
-    """Per-position signal (`per_position_signal`) of `samples` (distilled `LearnerSample`s), from one student and
-    one teacher pass (and the partner pass when the algorithm interpolates with one) on the learner's engines.
-
-    Every rank must call this, with or without samples: the passes' ZeRO-3 gathers are collective.
-    Returns None when no rank has a sample (then no pass ran anywhere) or this rank has none.
-    """
-    from sposd.learner import passes
-    from sposd.learner.batching import collate
-
-    if sdist.all_reduce([float(len(samples))], op="max")[0] == 0:
-        return None
-    engine, teacher, pad = learner.engine, learner.teacher, learner.pad_id
-    shared_head = teacher is engine
-    partner = bool(learner.algo.needs_partner_pass)
-    if not samples:
-        ops = [("hidden", "policy"), ("gather_head", "policy"), ("hidden", "teacher")]
-        ops += [] if shared_head else [("gather_head", "teacher")]
-        ops += [("hidden", "teacher"), ("gather_head", "teacher")] if partner else []
-        passes.run_empty(ops, {"policy": engine, "teacher": teacher}, pad)
-        return None
-    smb = collate(samples, pad_id=pad)
-    s_h = passes.hidden_states(engine, smb)
-    s_head = passes.gathered_head(engine)
-    t_h = passes.hidden_states(teacher, passes.teacher_mb(samples, [s.teacher_prompt_ids for s in samples], pad_id=pad))
-    t_head = s_head if shared_head else passes.gathered_head(teacher)
-    partner_logits = None
-    if partner:
-        ctxs = [s.partner_prompt_ids or s.teacher_prompt_ids for s in samples]
-        partner_logits = passes.head_logits(teacher, passes.teacher_mb(samples, ctxs, pad_id=pad))
-    T = min(s_h.shape[1], t_h.shape[1])
-    dev = s_h.device
-    term = _distill_term(learner.algo)
-    out = per_position_signal(
-        term,
-        passes.logits_of(s_h[:, :T], *s_head),
-        passes.logits_of(t_h[:, :T], *t_head),
-        smb["completion_ids_BT"][:, :T].to(dev),
-        torch.tensor([min(s.distill_len, T) for s in samples], device=dev),
-        torch.tensor([s.distill_weight for s in samples], device=dev),
-        partner=None if partner_logits is None else partner_logits[:, :T],
-        topk=topk,
-    )
-    return {k: v.detach().cpu() for k, v in out.items()}
+        captured = {key: t for _, cap in parts for key, t in cap.items()}
+        described = dict(sorted((key, d) for part, _ in parts for key, d in part.items() if key in captured))
+        rows = [_with_signal(c, d, captured[key], r) for r, (key, d) in enumerate(described.items())]
+        write_rows(step_path(c.run_dir, step), rows)
+    metrics["time/inspect_s"] = tap.seconds + time.perf_counter() - t0
 
 
 def _distill_term(algo):
@@ -114,36 +123,26 @@ def _distill_term(algo):
     return next(t for t in algo.terms if isinstance(t, DistillTerm))
 
 
-def _row(c, step: int, sample, group_comp, adv: float, request, tensors: dict, r: int) -> dict:
-    """One inspected completion as a JSON object (`sposd.inspect.records` documents the keys)."""
-    tok = c.tokenizer
-    g, comp = group_comp
-    n = len(sample.completion_ids)
+def _describe(c, step: int, batch, comps, i: int) -> dict:
+    """What a row records besides the signal (`sposd.inspect.records` documents the keys)."""
+    tok, sample, request = c.tokenizer, batch.samples[i], batch.requests[i] if batch.requests else None
+    g, comp = comps[i]
     context = tok.decode(sample.teacher_prompt_ids, skip_special_tokens=False)
     privileged = request.privileged if request is not None else ""
     at = context.rfind(privileged) if privileged else -1
     term = _distill_term(c.algo)
     d = term.cfg
-
-    def col(key: str, digits: int = 5) -> list:
-        return [_num(x, digits) for x in tensors[key][r, :n].tolist()]
-
-    def top(who: str) -> list:
-        ids, ps = tensors[f"{who}_top_DTK"][r, :n].tolist(), tensors[f"{who}_topp_DTK"][r, :n].tolist()
-        pairs = (zip(ii, pp, strict=True) for ii, pp in zip(ids, ps, strict=True))
-        return [[[_piece(tok, i), _num(p, 4)] for i, p in pos] for pos in pairs]
-
     return {
         "version": FORMAT_VERSION,
         "step": step,
-        "row": r,
+        "rank": c.rank,
         "id": g.prompt.id,
         "problem": g.prompt.problem,
         "answer": g.prompt.answer,
         "solution": g.prompt.solution,
         "correct": bool(comp.correct),
         "reward": float(comp.reward),
-        "advantage": float(adv),
+        "advantage": float(batch.advs[i]),
         "group_pass_rate": g.pass_rate,
         "distill_weight": float(sample.distill_weight),
         "distill_len": int(sample.distill_len),
@@ -160,7 +159,27 @@ def _row(c, step: int, sample, group_comp, adv: float, request, tensors: dict, r
         "prompt": tok.decode(sample.prompt_ids, skip_special_tokens=False),
         "teacher_context": context,
         "privileged": [at, at + len(privileged)] if at >= 0 else None,
-        "tokens": [_piece(tok, t) for t in sample.completion_ids],
+        "completion_ids": list(sample.completion_ids),
+    }
+
+
+def _with_signal(c, desc: dict, tensors: dict[str, torch.Tensor], r: int) -> dict:
+    """The row `r` of the step's file: its description and the captured per-token signal, tokens decoded."""
+    ids = desc.pop("completion_ids")
+    n = len(ids)
+    pieces = _Pieces(c.tokenizer)
+
+    def col(key: str, digits: int) -> list:
+        return [_num(x, digits) for x in tensors[key][:n].tolist()]
+
+    def top(who: str) -> list:
+        tid, tp = tensors[f"{who}_top_DTK"][:n].tolist(), tensors[f"{who}_topp_DTK"][:n].tolist()
+        return [[[pieces(i), _num(p, 4)] for i, p in zip(ii, pp, strict=True)] for ii, pp in zip(tid, tp, strict=True)]
+
+    return {
+        **desc,
+        "row": r,
+        "tokens": [pieces(t) for t in ids],
         "div": col("div_DT", 6),
         "div_raw": col("div_raw_DT", 6),
         "clipped": col("clipped_DT", 4),
@@ -172,8 +191,17 @@ def _row(c, step: int, sample, group_comp, adv: float, request, tensors: dict, r
     }
 
 
-def _piece(tok, token_id: int) -> str:
-    return tok.decode([int(token_id)], skip_special_tokens=False)
+class _Pieces:
+    """Token id -> its decoded text, each id decoded once."""
+
+    def __init__(self, tok) -> None:
+        self.tok, self.cache = tok, {}
+
+    def __call__(self, token_id: int) -> str:
+        piece = self.cache.get(token_id)
+        if piece is None:
+            piece = self.cache[token_id] = self.tok.decode([int(token_id)], skip_special_tokens=False)
+        return piece
 
 
 def _num(x: float, digits: int) -> float:

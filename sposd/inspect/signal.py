@@ -1,10 +1,11 @@
 """The distillation signal at every position of a few distilled rows, computed with the loss's own op.
 
-`per_position_signal` takes the student's and the teacher's logits (usually `HiddenLogits` from one extra no-grad
-pass each) and returns what `sposd inspect` shows: the divergence D_t the loss sums (the distillation term's own
-per-token function, `DistillTerm.per_token`: divergence, support, clip and temperature as configured), how much the
-clip changed it, both models' probability of the sampled token and their top alternatives, and the token's loss
-weight. On policy (one optimiser step per batch) the values equal the loss's: the importance-ratio clip is 1 there.
+`per_position_signal` takes the student's and the teacher's logits (the learner's own `HiddenLogits` of the step,
+handed over by `record.InspectTap`) and returns what `sposd inspect` shows: the divergence D_t the loss sums (the
+distillation term's own per-token function, `DistillTerm.per_token`: divergence, support, clip and temperature as
+configured), how much the clip changed it, both models' probability of the sampled token and their top
+alternatives, and the token's loss weight. On policy (one optimiser step per batch) the values equal the loss's: the
+importance-ratio clip is 1 there.
 
 Legend: D distilled rows, T completion positions, V vocabulary, K alternatives per position, n positions of a block.
 """
@@ -23,7 +24,16 @@ from sposd.ops.logprobs import entropy_from_logits
 
 @torch.no_grad()
 def per_position_signal(
-    term, S, T_, tokens_DT: Tensor, lengths_D: Tensor, weight_D: Tensor, *, partner=None, topk: int = 3
+    term,
+    S,
+    T_,
+    tokens_DT: Tensor,
+    lengths_D: Tensor,
+    weight_D: Tensor,
+    *,
+    token_weight_DT: Tensor | None = None,
+    partner=None,
+    topk: int = 3,
 ) -> dict[str, Tensor]:
     """Per-position distillation signal of D rows.
 
@@ -32,14 +42,15 @@ def per_position_signal(
         S, T_: student / teacher logits predicting each completion token, [D, T, V] (tensors or `HiddenLogits`).
         tokens_DT: the completion tokens. lengths_D: positions of each row that may receive the loss.
         weight_D: each row's distillation weight (`LearnerSample.distill_weight`).
+        token_weight_DT: the learner's per-token weights from its batch-wide pre-pass (TIP, SRPO), or None.
         partner: the teacher's logits under each row's partner context (PAINT's full-solution interpolation).
         topk: K alternatives per position.
     Returns:
         div_DT        D_t as the loss sums it (after the clip; "distill/div_sum" is its sum over weighted positions)
         div_raw_DT    D_t without the clip (equal to div_DT without one)
         clipped_DT    element clip: vocabulary entries clamped at t; token clip: 1.0 where D_t was clamped
-        weight_DT     the row's weight at positions the selection keeps (0 elsewhere; a batch-wide token pre-pass,
-                      TIP's or SRPO's, is not applied: it depends on the whole batch)
+        weight_DT     the token's loss weight: the row's, at positions the selection keeps (0 elsewhere), times the
+                      pre-pass token weight when there is one
         p_student_DT, p_teacher_DT   probability of the sampled token (at the loss temperature)
         student_top_DTK, teacher_top_DTK (ids, long) and student_topp_DTK, teacher_topp_DTK (probabilities)
     """
@@ -70,6 +81,8 @@ def per_position_signal(
         "clipped_DT": stats["clipped"].float() * pos_DT,
         "weight_DT": keep_DT.float() * weight_D.to(keep_DT.device).float()[:, None],
     }
+    if token_weight_DT is not None:
+        out["weight_DT"] = out["weight_DT"] * token_weight_DT.to(keep_DT.device).float()
     out.update(_token_probs_and_top(S, T_, tokens_DT, tau=tau, topk=topk, chunk=cfg.chunk_tokens))
     return out
 

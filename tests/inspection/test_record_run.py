@@ -1,8 +1,8 @@
 """Recording on the real stack (tiny model, DeepSpeed ZeRO-3 on one gloo rank).
 
-- The learner: the D_t and clip counts `inspect_samples` records equal, row by row, what the loss sums in a real
-  `train_step` ("distill/div_sum", "distill/clipped_sum"; lr 0, so every step sees the same weights), including a
-  row whose loss covers only its first positions.
+- The learner's tap: the D_t and clip counts it captures during a real `train_step` equal, row by row, what that
+  step's loss sums ("distill/div_sum", "distill/clipped_sum"; lr 0, so every step sees the same weights), including
+  a row whose loss covers only its first positions, and a row's values do not depend on its micro-batch.
 - A 2-step SSOPD run with train.inspect.every=1 writes inspect/step_1 and step_2, whose rows read back, carry the
   teacher context with the privileged witness marked, and render with `sposd inspect`.
 """
@@ -43,7 +43,8 @@ ROWS = [  # (student prompt, teacher context, completion, positions with loss)
 def test_recorded_divergence_is_what_the_learner_step_sums(tiny_model_dir, distill):
     from sposd.algos import get_algo
     from sposd.algos.config import AlgoCfg, DistillCfg
-    from sposd.inspect.record import inspect_samples
+    from sposd.algos.distill.term import DistillTerm
+    from sposd.inspect.record import InspectTap
     from sposd.learner.learner import DeepSpeedLearner
 
     d = DistillCfg(coef=1.0, context="reference_solution", normalize="token_mean", **distill)
@@ -56,18 +57,36 @@ def test_recorded_divergence_is_what_the_learner_step_sums(tiny_model_dir, disti
         LearnerSample(p, c, 0.0, teacher_prompt_ids=t, distill_weight=1.0, distill_len=n, distill_units=float(n))
         for p, t, c, n in ROWS
     ]
-    rec = inspect_samples(learner, samples, topk=3)
-    assert rec is not None and rec["div_DT"].shape == (2, 6)
+    term = next(t for t in algo.terms if isinstance(t, DistillTerm))
+
+    def step_with_tap(rows):
+        learner.inspect_tap = tap = InspectTap(term, topk=3)
+        for s in rows:
+            s.inspect_key = (0, samples.index(s))
+        m = learner.train_step(rows, max_len=8)  # lr 0: every step sees the same weights
+        learner.inspect_tap = None
+        return m, tap.captured
+
+    both, captured = step_with_tap(samples)
+    assert sorted(captured) == [(0, 0), (0, 1)] and captured[(0, 1)]["div_DT"].shape == (6,)
     for r, s in enumerate(samples):
-        m = learner.train_step([s], max_len=8)  # the loss's own sums over this row's positions with loss
-        n = s.distill_len
-        assert rec["weight_DT"][r].tolist() == [1.0] * n + [0.0] * (6 - n)
-        torch.testing.assert_close(torch.tensor(m["distill/div_sum"]), rec["div_DT"][r, :n].sum(), atol=1e-5, rtol=1e-5)
-        assert m["distill/clipped_sum"] == rec["clipped_DT"][r, :n].sum().item()
+        alone, mine = step_with_tap([s])
+        n, m, rec = s.distill_len, len(s.completion_ids), captured[(0, r)]
+        assert rec["weight_DT"][:m].tolist() == [1.0] * n + [0.0] * (m - n)
+        # the same row alone or in a micro-batch of two (padded to 6 positions there)
+        torch.testing.assert_close(mine[(0, r)]["div_DT"][:m], rec["div_DT"][:m], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(
+            torch.tensor(alone["distill/div_sum"]), rec["div_DT"][:n].sum(), atol=1e-5, rtol=1e-5
+        )
+        assert alone["distill/clipped_sum"] == rec["clipped_DT"][:n].sum().item()
+    total = sum(captured[(0, r)]["div_DT"][: s.distill_len].sum() for r, s in enumerate(samples))
+    torch.testing.assert_close(torch.tensor(both["distill/div_sum"]), total, atol=1e-5, rtol=1e-5)
     # the clip acted at some positions but not all (a random tiny model's divergences are small: small clips)
-    assert 0 < rec["clipped_DT"].sum() and (rec["div_DT"] != rec["div_raw_DT"]).any()
-    p = rec["p_student_DT"][0, :4]
-    assert ((p > 0) & (p <= 1)).all() and (rec["teacher_topp_DTK"][..., 0] >= rec["teacher_topp_DTK"][..., 1]).all()
+    rec = torch.cat([captured[(0, r)]["clipped_DT"] for r in range(2)])
+    assert 0 < rec.sum() and any((c["div_DT"] != c["div_raw_DT"]).any() for c in captured.values())
+    p = captured[(0, 0)]["p_student_DT"][:4]
+    top = captured[(0, 0)]["teacher_topp_DTK"]
+    assert ((p > 0) & (p <= 1)).all() and (top[:, 0] >= top[:, 1]).all()
 
 
 def test_two_step_ssopd_run_records_and_renders(tmp_path):
