@@ -1,12 +1,12 @@
 """One self-contained HTML page of a recorded step: inline CSS and JS, no network, no external assets.
 
 Per inspected completion: the problem and its verdict, the teacher's context folded above (the privileged text
-marked), the student's prompt folded, then the completion with each token shaded by its divergence D_t (red,
-white at 0; blue for the negative values an element clip can leave), clipped tokens underlined, positions without
-loss greyed, the first arithmetic / answer error boxed and the first large disagreement marked. Hovering a token
-shows, in the side panel, D_t with and without the clip and the teacher's and the student's top alternatives;
-clicking pins it (`page.html#t=ROW.TOKEN` opens with one pinned). Above the rows: the step's summary and a table
-of every recorded step.
+marked; the first row's unfolded), the student's prompt folded, then the completion with each token shaded by its
+divergence D_t (red, white at 0; blue for the negative values an element clip can leave), clipped tokens
+underlined, positions without loss greyed, the first arithmetic / answer error boxed and the first large
+disagreement marked. Hovering a token shows, in the side panel, D_t with and without the clip and the teacher's and
+the student's top alternatives; clicking pins it (`page.html#t=ROW.TOKEN` opens with one pinned). Above the rows:
+the step's summary and a table of every recorded step.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def _row_html(row: dict, info: dict, scale: float) -> str:
         f"{_or_dash(info['first_large'])}, first error at token {_or_dash(info['first_error'])}</div>"
     )
     folds = (
-        "<details><summary>teacher context (privileged text marked)</summary>"
+        f"<details{' open' if row['_index'] == 0 else ''}><summary>teacher context (privileged text marked)</summary>"
         f"<pre class='ctx'>{ctx_html}</pre></details>"
         f"<details><summary>student prompt</summary><pre class='ctx'>{e(row['prompt'])}</pre></details>"
     )
