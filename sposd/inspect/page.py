@@ -147,7 +147,7 @@ def _summary_html(s: dict, scale: float) -> str:
     return (
         "<div class='summary' id='summary'><table>"
         f"<tr><td>rows / positions with loss</td><td>{s['rows']} / {s['positions']}</td></tr>"
-        f"<tr><td>divergence mass on the top {TOP_SHARE:.0%} of tokens</td><td id='top5'>{s['top5_mass']:.3f}</td></tr>"
+        f"<tr><td>|D_t| mass on the top {TOP_SHARE:.0%} of tokens</td><td id='top5'>{s['top5_mass']:.3f}</td></tr>"
         f"<tr><td>fraction of tokens clipped</td><td id='clipped'>{s['clipped_frac']:.3f}</td></tr>"
         f"<tr><td>rows with a located arithmetic / answer error</td><td>{s['rows_with_error']}</td></tr>"
         f"<tr><td>first large disagreement at or before that error</td><td>{s['large_at_or_before_error']} of "

@@ -31,13 +31,13 @@ def summary_png(per_step: list[tuple[int, list[dict], dict]], out: Path, *, titl
                 centres, mass_by_relative_position(rows, bins), marker="o", ms=3, color=shade, label=f"step {step}"
             )
     left.set_xlabel("relative position in the completion (t / n)")
-    left.set_ylabel("share of the step's summed divergence")
+    left.set_ylabel("share of the step's summed |D_t|")
     left.set_title("where the distillation signal lands")
     if len(per_step) <= 8:
         left.legend(fontsize=8)
     steps = [s for s, _, _ in per_step]
     right.plot(steps, [m["clipped_frac"] for _, _, m in per_step], marker="o", label="fraction of tokens clipped")
-    right.plot(steps, [m["top5_mass"] for _, _, m in per_step], marker="s", label="divergence mass on the top 5%")
+    right.plot(steps, [m["top5_mass"] for _, _, m in per_step], marker="s", label="|D_t| mass on the top 5% of tokens")
     right.set_xlabel("step")
     right.set_ylim(0, 1.02)
     right.set_title("clip and concentration per step")

@@ -14,9 +14,10 @@ A run directory's `inspect/step_N.jsonl.gz` holds one JSON object per inspected 
     teacher_top, student_top         per token: [[piece, probability], ...] the K most likely next tokens
 
 Summary of a step (`step_summary`), over the positions with a loss weight:
-    top5_mass          share of the summed divergence on the top 5% of positions (by divergence)
+    top5_mass          share of the summed |D_t| on the top 5% of positions by |D_t| (an element clip can leave D_t
+                       negative: magnitudes, the size of the signal either way)
     clipped_frac       share of positions the clip changed
-    large_threshold    the divergence of the top-5% boundary: a position at or above it is a "large disagreement"
+    large_threshold    the |D_t| of the top-5% boundary: a position at or above it is a "large disagreement"
     first_large / first_error   per row, the token of the first large disagreement and of the first arithmetic or
                        answer error (toy task, `arith.first_error_char`); lead = first_error - first_large
 """
@@ -88,8 +89,8 @@ def loss_positions(row: dict) -> list[int]:
 
 
 def top_share_mass(values: list[float], share: float = TOP_SHARE) -> tuple[float, float]:
-    """(share of sum(values) on the ceil(share n) largest values, the smallest of those values); (0, inf) if empty
-    or all zero."""
+    """(share of sum(values) on the ceil(share n) largest values, the smallest of those values) for values >= 0;
+    (0, inf) if empty or all zero."""
     if not values or sum(values) <= 0:
         return 0.0, math.inf
     top = sorted(values, reverse=True)[: max(1, math.ceil(share * len(values) - 1e-9))]
@@ -104,12 +105,12 @@ def row_first_error(row: dict) -> int | None:
 
 def step_summary(rows: list[dict]) -> dict:
     """The step's summary (module docstring) and per row: first_large, first_error, lead."""
-    values = [row["div"][t] for row in rows for t in loss_positions(row)]
+    values = [abs(row["div"][t]) for row in rows for t in loss_positions(row)]
     mass, threshold = top_share_mass(values)
     clipped = [row["clipped"][t] > 0 for row in rows for t in loss_positions(row)]
     per_row = []
     for row in rows:
-        first_large = next((t for t in loss_positions(row) if row["div"][t] >= threshold), None)
+        first_large = next((t for t in loss_positions(row) if abs(row["div"][t]) >= threshold), None)
         first_error = row_first_error(row)
         lead = None if first_large is None or first_error is None else first_error - first_large
         per_row.append({"first_large": first_large, "first_error": first_error, "lead": lead})
@@ -117,7 +118,8 @@ def step_summary(rows: list[dict]) -> dict:
     return {
         "rows": len(rows),
         "positions": len(values),
-        "div_sum": sum(values),
+        "div_sum": sum(row["div"][t] for row in rows for t in loss_positions(row)),
+        "abs_div_sum": sum(values),
         "top5_mass": mass,
         "large_threshold": threshold,
         "clipped_frac": sum(clipped) / max(len(clipped), 1),
@@ -129,11 +131,11 @@ def step_summary(rows: list[dict]) -> dict:
 
 
 def mass_by_relative_position(rows: list[dict], bins: int = 10) -> list[float]:
-    """Share of the step's summed divergence in each tenth (bins) of the completions' relative position t / n."""
+    """Share of the step's summed |D_t| in each tenth (bins) of the completions' relative position t / n."""
     out = [0.0] * bins
     for row in rows:
         n = len(row["div"])
         for t in loss_positions(row):
-            out[min(bins - 1, int(bins * t / max(n, 1)))] += row["div"][t]
+            out[min(bins - 1, int(bins * t / max(n, 1)))] += abs(row["div"][t])
     total = sum(out)
     return [x / total for x in out] if total > 0 else out

@@ -54,11 +54,22 @@ def test_step_summary_of_the_crafted_rows_by_hand():
     assert s["top5_mass"] == pytest.approx(2.6 / 4.5) and s["large_threshold"] == pytest.approx(0.1)
     assert s["clipped_frac"] == pytest.approx(1 / 47)  # token 15 of row 0
     # row 0: first D_t >= 0.1 at token 3, first error at token 15 -> lead 12; row 1: correct, no error located
+    assert s["abs_div_sum"] == pytest.approx(4.5)
     assert s["per_row"] == [
         {"first_large": 3, "first_error": 15, "lead": 12},
         {"first_large": 0, "first_error": None, "lead": None},
     ]
     assert s["rows_with_error"] == 1 and s["large_at_or_before_error"] == 1 and s["mean_lead"] == 12
+
+
+def test_negative_divergences_count_by_magnitude():
+    # an element clip can leave D_t < 0: row 0's D_t at token 3 becomes -0.5; |D_t| ranks and sums as before
+    # (top 3 = 2.0, |-0.5|, 0.1 of 4.5), while div_sum is the signed sum 4.5 - 1.0 = 3.5
+    rows = crafted_rows()
+    rows[0]["div"][3] = -0.5
+    s = step_summary(rows)
+    assert s["top5_mass"] == pytest.approx(2.6 / 4.5) and s["div_sum"] == pytest.approx(3.5)
+    assert s["per_row"][0]["first_large"] == 3 and mass_by_relative_position(rows)[1] == pytest.approx(0.8 / 4.5)
 
 
 def test_mass_by_relative_position_by_hand():
