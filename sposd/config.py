@@ -347,9 +347,9 @@ class InspectCfg:
     """What `sposd train` records for `sposd inspect` (run_dir/inspect/step_N.jsonl.gz, see sposd/inspect/).
 
     Attributes:
-        every: every N steps (and at step 1), one extra no-grad student and teacher pass over a few distilled rows,
-            recording per token the divergence the loss uses, its clip, both models' probabilities and the
-            teacher's top alternatives (0 = off).
+        every: every N steps (and at step 1), record for a few distilled rows, from the learner step's own student
+            and teacher logits, per token the divergence the loss uses, its clip, both models' probabilities and
+            their top alternatives (0 = off).
         rows: distilled rows recorded per step (over all ranks).
         topk: alternatives recorded per position, for the teacher and for the student.
     """

@@ -169,9 +169,8 @@ def initialize_policy(model, *, optim, total_steps: int, cfg: dict, device: str)
             ),
         )
 
-    engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=opt, lr_scheduler=schedule, config=cfg
-    )
+    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=schedule,
+                                                           config=cfg)
     return engine, optimizer, scheduler
 
 
@@ -227,9 +226,8 @@ def save_hf(module: torch.nn.Module, out_dir: str | Path, *, rank: int, tokenize
 
 def save_policy_state(engine, ckpt_dir: Path, *, optimizer_steps: int) -> None:
     """DeepSpeed's own checkpoint under `ckpt_dir/policy` (parameter and optimizer shards, the LR schedule)."""
-    engine.save_checkpoint(
-        str(ckpt_dir), tag="policy", client_state={"optimizer_steps": optimizer_steps}, save_latest=False
-    )
+    engine.save_checkpoint(str(ckpt_dir), tag="policy", client_state={"optimizer_steps": optimizer_steps},
+                           save_latest=False)
 
 
 def load_policy_state(engine, ckpt_dir: Path) -> int:

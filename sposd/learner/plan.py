@@ -172,7 +172,8 @@ def build_step_plan(micro_batches: list[list[int]], summaries: list[RankSummary]
     """
     n = max((len(s.teacher_flags) for s in summaries), default=0)
     teacher_at = tuple(
-        shape.has_teacher and any(j < len(s.teacher_flags) and s.teacher_flags[j] for s in summaries) for j in range(n)
+        shape.has_teacher and any(j < len(s.teacher_flags) and s.teacher_flags[j] for s in summaries)
+        for j in range(n)
     )
     passes: list[Pass] = []
     if shape.prepass:
@@ -200,7 +201,8 @@ def logp_schedule(micro_batches: list[list[int]], counts: list[int], model: str)
     rank's number), each with this rank's rows (() = none here)."""
     n = max(counts, default=0)
     return [
-        (tuple(micro_batches[j]) if j < len(micro_batches) else (), Pass("logp", j, logp_ops(model))) for j in range(n)
+        (tuple(micro_batches[j]) if j < len(micro_batches) else (), Pass("logp", j, logp_ops(model)))
+        for j in range(n)
     ]
 
 
