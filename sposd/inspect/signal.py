@@ -18,8 +18,8 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from sposd.ops.divergence import entropy_mismatch_mask, interpolate_teacher_logits_
 from sposd.ops.logprobs import entropy_from_logits
+from sposd.ops.teacher_signal import entropy_mismatch_mask, interpolate_teacher_logits_
 
 
 @torch.no_grad()
