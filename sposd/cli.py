@@ -24,6 +24,8 @@ commands:
            sposd plan model=qwen3-8b hardware=gpu8 [--gpu-gib 80] [--json]
   export   write a Hugging Face model from a training checkpoint: sposd export <checkpoint> <dir>
   report   table + plots of final and best metrics over a run or sweep: sposd report <dir>
+  inspect  an HTML page of the distillation signal, token by token (runs trained with train.inspect.every=N):
+           sposd inspect <run dir> [--step N] [--out page.html]
 
 `sposd <command> --help` lists config groups and options; Hydra flags (-m, --cfg job, --info) work
 for train and eval.
@@ -406,6 +408,29 @@ def _report_app() -> None:
         _die(f"cannot write {e.filename or 'the report'}: {e.strerror or e}")
 
 
+def _inspect_cmd() -> None:
+    ap = _arg_parser(
+        prog="sposd inspect",
+        description="One self-contained HTML page of a run's recorded distillation signal (train.inspect.every=N): "
+        "per inspected completion, each token shaded by the divergence the loss puts on it, the teacher's and the "
+        "student's alternatives on hover, the privileged context folded above; and a summary PNG across steps.",
+    )
+    ap.add_argument("run_dir", type=Path, help="a run directory of `sposd train` (with inspect/step_N.jsonl.gz)")
+    ap.add_argument("--step", type=int, default=None, help="the recorded step to show (default: the last)")
+    ap.add_argument("--out", type=Path, default=None, help="the page (default: RUN_DIR/inspect/step_N.html)")
+    ap.add_argument("--png", type=Path, default=None, help="the summary PNG (default: RUN_DIR/inspect/summary.png)")
+    ap.add_argument("--no-png", action="store_true", help="write the page only")
+    args = ap.parse_args(sys.argv[1:])
+    from sposd.errors import UserError
+    from sposd.inspect.app import inspect_run
+
+    try:
+        page, png = inspect_run(args.run_dir, step=args.step, out=args.out, png=args.png, with_png=not args.no_png)
+    except UserError as e:
+        _die(str(e))
+    print(f"page: {page}" + (f"   summary: {png}" if png else ""))
+
+
 COMMANDS = {
     "train": _train_app,
     "eval": _eval_app,
@@ -413,6 +438,7 @@ COMMANDS = {
     "plan": _plan_cmd,
     "export": _export_app,
     "report": _report_app,
+    "inspect": _inspect_cmd,
 }
 
 

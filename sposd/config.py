@@ -347,6 +347,28 @@ class TrainEvalCfg:
 
 
 @dataclass(kw_only=True)
+class InspectCfg:
+    """What `sposd train` records for `sposd inspect` (run_dir/inspect/step_N.jsonl.gz, see sposd/inspect/).
+
+    Attributes:
+        every: every N steps (and at step 1), record for a few distilled rows, from the learner step's own student
+            and teacher logits, per token the divergence the loss uses, its clip, both models' probabilities and
+            their top alternatives (0 = off).
+        rows: distilled rows recorded per step (over all ranks).
+        topk: alternatives recorded per position, for the teacher and for the student.
+    """
+
+    every: int = 0
+    rows: int = 4
+    topk: int = 3
+
+    def __post_init__(self) -> None:
+        _check_positive("train.inspect.every", self.every, allow_zero=True)
+        _check_positive("train.inspect.rows", self.rows)
+        _check_positive("train.inspect.topk", self.topk)
+
+
+@dataclass(kw_only=True)
 class LoopCfg:
     """When `sposd train` does more than a step: evaluations, checkpoints, and where it resumes from.
 
@@ -358,6 +380,7 @@ class LoopCfg:
             run to `<dir>.old-<N>` first). Runs are never mixed in one folder.
         checkpoint: when to save.
         eval: when to evaluate on benchmarks.
+        inspect: what is recorded for `sposd inspect` (the distillation signal, token by token).
         ignore_memory_plan: start a GPU run whose memory plan (`sposd plan`) says it does not fit.
     """
 
@@ -365,6 +388,7 @@ class LoopCfg:
     existing_run: str = "refuse"
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
     eval: TrainEvalCfg = field(default_factory=TrainEvalCfg)
+    inspect: InspectCfg = field(default_factory=InspectCfg)
     ignore_memory_plan: bool = False
 
     def __post_init__(self) -> None:
@@ -549,6 +573,12 @@ class TrainCfg:
             raise ValueError(f"train.eval.every={self.train.eval.every} needs benchmarks, e.g. benchmarks=[toy]")
         if self.train.eval.every:
             _check_benchmarks(self.benchmarks)
+        if self.train.inspect.every and not self.algo.distill.enabled:
+            raise ValueError(
+                f"train.inspect.every={self.train.inspect.every} records the distillation signal, and algo="
+                f"{self.algo.name} has no teacher (algo.distill.enabled=false); use a distillation method (algo=ssopd, "
+                "opsd, paint, ...) or train.inspect.every=0"
+            )
         if self.hardware.vllm_tp > 1:  # each rank samples its own prompts; TP peers would need the same ones
             raise ValueError(
                 f"hardware.vllm_tp={self.hardware.vllm_tp}: sposd train runs one TP=1 vLLM engine per GPU; use "

@@ -30,6 +30,7 @@ class LearnerSample:
             modifier needs (None: score under the student's own prompt).
         partner_prompt_ids: a second teacher context whose logits the distillation term interpolates with (PAINT's
             full solution), or None.
+        inspect_key: set on the few samples whose distillation signal `sposd inspect` records this step, else None.
     """
 
     prompt_ids: list[int]
@@ -43,6 +44,7 @@ class LearnerSample:
     distill_units: float = 0.0
     score_prompt_ids: list[list[int]] | None = None
     partner_prompt_ids: list[int] | None = None
+    inspect_key: tuple[int, int] | None = None
 
     @property
     def distilled(self) -> bool:

@@ -139,6 +139,9 @@ class DeepSpeedLearner:
         )
         self.optimizer_steps = 0
         self.balance = balance_ranks
+        # `sposd inspect`'s tap (sposd.inspect.record.InspectTap), set by the loop on steps it records: called with
+        # each micro-batch's distilled rows and their DistillBatch before the loss; reads them, changes nothing
+        self.inspect_tap = None
 
     @property
     def module(self) -> torch.nn.Module:
@@ -315,6 +318,8 @@ class DeepSpeedLearner:
                 old_logp_DT=old_lp[:D, :Td],
                 token_weight_DT=_pad([token_w[i] for i in idx[:D]], Td).to(tokens.device) if token_w else None,
             )
+        if distill is not None and self.inspect_tap is not None:
+            self.inspect_tap(drows, distill)
         batch = PolicyBatch(
             logp_BT=logp,
             old_logp_BT=old_lp,

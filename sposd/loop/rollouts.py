@@ -118,6 +118,7 @@ class LearnerBatch:
     advs: list[float]
     too_long: int = 0  # teacher contexts longer than the model allows (skipped)
     score_fallback: int = 0  # samples scored under their own prompt (a scoring context missing or too long)
+    requests: list = field(default_factory=list)  # each sample's TeacherRequest or None (`sposd inspect` shows it)
 
 
 def learner_batch(kept: list[RolloutGroup], *, algo, teacher_prompts) -> LearnerBatch:
@@ -126,7 +127,7 @@ def learner_batch(kept: list[RolloutGroup], *, algo, teacher_prompts) -> Learner
     requests = algo.distill_requests(kept, cut_reference=teacher_prompts.cut_reference)
     scoring = algo.score_requests(kept)
     comps = [(g, c) for g in kept for c in g.completions]
-    batch = LearnerBatch(samples=[], advs=advs)
+    batch = LearnerBatch(samples=[], advs=advs, requests=requests)
     for (g, c), a, w, req, ctxs in zip(comps, advs, weights, requests, scoring, strict=True):
         s = LearnerSample(
             prompt_ids=g.prompt.prompt_ids,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sposd import checkpoint as ck
 from sposd.config import TrainCfg
+from sposd.inspect.record import inspection
 from sposd.logging import write_atomic
 from sposd.loop.build import build, resume_point, start_ranks
 from sposd.loop.evals import evaluate_step, final_evaluations
@@ -79,7 +80,9 @@ def train(
             # 5. learner step (DeepSpeed ZeRO-3), vLLM asleep (sposd.rollout.colocation has the sequence)
             with clock.phase("learn"):
                 c.colocation.release()
-                learn_m = c.learner.train_step(batch.samples, max_len=cfg.model.max_new_tokens)
+                with inspection(c, step, rollouts.kept, batch) as inspect_m:  # `sposd inspect`'s tap, when due
+                    learn_m = c.learner.train_step(batch.samples, max_len=cfg.model.max_new_tokens)
+                learn_m |= inspect_m
             # 6. weight sync: vLLM must sample the next batch from the weights just trained
             with clock.phase("sync"):
                 sync_m = c.colocation.sync(lambda: push_weights(c.learner.module, c.engine))

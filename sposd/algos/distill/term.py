@@ -129,6 +129,10 @@ class DistillTerm:
         return list(prepass.weights(flat, glob, all_ranks, self.cfg).split(lengths))
 
     # ---- loss --------------------------------------------------------------------------------------------
+    def per_token(self, S, T_, tokens, lengths, logp, old_logp) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The loss's per-position values (`_per_token`), for diagnostics that show exactly them (`sposd inspect`)."""
+        return self._per_token(S, T_, tokens, lengths, logp, old_logp)
+
     def _per_token(self, S, T_, tokens, lengths, logp, old_logp) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """(loss_BT, div_BT, stats) of the configured divergence on [B, T, V] logits (any layout), clip and IS clip
         included; stats: the per-position STAT_KEYS of `divergence_with_stats` (no grad)."""
