@@ -354,4 +354,5 @@ def build_learner(cfg: TrainCfg, model_path: str, *, algo, tokenizer):
         fp32_grad_accum=hw.fp32_grad_accum,
         rollout_top_k=cfg.rollout.top_k,
         rollout_top_p=cfg.rollout.top_p,
+        lora=cfg.model.lora,
     )
