@@ -138,6 +138,9 @@ class ModelCfg:
 
     max_teacher_prompt_len caps a teacher's context (privileged message) in tokens; null = max_prompt_len +
     max_new_tokens (room for a witness as long as a completion). Longer contexts are skipped and counted.
+    lora: train a LoRA adapter instead of every parameter (`LoraCfg`; rank 0 = full fine-tuning).
+    adapter: `sposd eval` only: a PEFT adapter folder evaluated on model.path as its base (merged first). An
+        adapter folder given as model.path itself finds its base in its adapter_config.json.
     """
 
     name: str = MISSING
@@ -150,6 +153,7 @@ class ModelCfg:
     max_teacher_prompt_len: int | None = None
     gradient_checkpointing: bool = False
     lora: LoraCfg = field(default_factory=LoraCfg)
+    adapter: str | None = None
     builtin: BuiltinModelCfg = field(default_factory=BuiltinModelCfg)
     shape: ModelShapeCfg = field(default_factory=ModelShapeCfg)
 
@@ -612,6 +616,11 @@ class TrainCfg:
                 f"hardware.micro_batch_tokens={self.hardware.micro_batch_tokens} is below {floor} (one sequence of "
                 f"model.max_prompt_len + model.max_new_tokens, at most 1024): each micro-batch would hold a fraction "
                 f"of a sequence's budget; use >= {floor}"
+            )
+        if self.model.adapter is not None:
+            raise ValueError(
+                "model.adapter is for `sposd eval`; a training run starts from model.path (export an adapter "
+                "merged with `sposd export` to continue from it)"
             )
         if self.model.lora.enabled and a.distill.enabled and a.distill.teacher in ("ema", "periodic"):
             raise ValueError(

@@ -54,7 +54,7 @@ from sposd.learner.plan import (
     summarize,
 )
 from sposd.learner.teacher import TeacherWeights
-from sposd.models.lora import AdapterDisabled, apply_lora
+from sposd.models.lora import DEFAULT_ADAPTER, AdapterDisabled, apply_lora
 from sposd.ops.logprobs import sampled_token_logprobs
 
 
@@ -442,10 +442,14 @@ class DeepSpeedLearner:
 
         DeepSpeed's own checkpoint under `policy/` (ZeRO-3 parameter and optimizer shards, the LR schedule), and
         for an EMA / periodic teacher this rank's shard of it. A frozen initial teacher or reference model needs
-        nothing: it is the starting model.
+        nothing: it is the starting model. A LoRA policy saves its adapter and the adapter's optimizer state only
+        (the frozen base is the starting model, read again on resume), plus model/adapter_config.json (rank,
+        alpha, targets, the base model's path) for `sposd export`.
         """
         save_policy_state(self.engine, ckpt_dir, optimizer_steps=self.optimizer_steps,
                           trainable_only=self.lora is not None)
+        if self.peft_model is not None and self.rank == 0:  # what export needs besides the adapter: its base
+            self.peft_model.peft_config[DEFAULT_ADAPTER].save_pretrained(str(Path(ckpt_dir) / "model"))
         self.teacher_weights.save(ckpt_dir, rank=self.rank)
 
     def load_state(self, ckpt_dir: Path) -> None:

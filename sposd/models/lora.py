@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -190,3 +191,130 @@ class AdapterDisabled:
     def __call__(self, *args, **kwargs):
         with self.peft_model.disable_adapter():
             return self.engine(*args, **kwargs)
+
+
+# ---- adapters on disk: checkpoints, export, evaluation -------------------------------------------------------
+def read_adapter_config(adapter_dir: str | Path, *, what: str = "the adapter directory") -> dict:
+    """adapter_config.json of a PEFT adapter directory (or a LoRA checkpoint's model/ folder).
+
+    Raises:
+        ValueError: one line when the file is missing or is not JSON.
+    """
+    import json
+
+    f = Path(adapter_dir) / ADAPTER_CONFIG
+    if not f.is_file():
+        raise ValueError(
+            f"{adapter_dir} has no {ADAPTER_CONFIG}: {what} must be a PEFT adapter folder (`sposd export --adapter` "
+            "writes one)"
+        )
+    try:
+        return json.loads(f.read_text())
+    except ValueError as e:
+        raise ValueError(f"{f} is not valid JSON ({e})") from e
+
+
+def adapter_base_path(adapter_dir: str | Path, base: str | None = None) -> str:
+    """The base model an adapter applies to: `base` when given, else adapter_config's base_model_name_or_path.
+
+    Raises:
+        ValueError: neither names a local model folder or a hub id (owner/name).
+    """
+    name = base or read_adapter_config(adapter_dir).get("base_model_name_or_path")
+    if not name:
+        raise ValueError(f"{adapter_dir}/{ADAPTER_CONFIG} names no base_model_name_or_path: give the base model")
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ValueError(f"the adapter's base model {name} is a folder without config.json")
+        return str(p)
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ValueError(
+            f"the adapter's base model {name!r} (from {ADAPTER_CONFIG}) does not exist: give the base model's path"
+        )
+    return name
+
+
+def adapter_model(config_dir: str | Path, *, base: str, adapter_weights: dict[str, torch.Tensor] | None = None):
+    """A PeftModel in fp32 on the CPU: `base` with the LoRA adapter described in `config_dir`.
+
+    adapter_weights: the adapter's tensors under the inner model's names (`model.layers.0...lora_A.default.weight`,
+        as a LoRA checkpoint holds them); None loads `config_dir`'s adapter_model.safetensors (a PEFT folder).
+
+    Raises:
+        ValueError: the weights do not fit the base (another model, other targets or rank).
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if adapter_weights is None:
+        try:
+            return PeftModel.from_pretrained(base_model, str(config_dir))
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ValueError(f"the adapter in {config_dir} does not fit the base model {base}: {e}") from e
+    cfg = LoraConfig.from_pretrained(str(config_dir))
+    peft_model = get_peft_model(base_model, cfg)
+    inner = peft_model.base_model.model
+    wanted = {n for n, _ in inner.named_parameters() if ".lora_A." in n or ".lora_B." in n}
+    missing, unexpected = wanted - set(adapter_weights), set(adapter_weights) - wanted
+    if missing or unexpected:
+        raise ValueError(
+            f"the adapter does not fit the base model {base}: missing {sorted(missing)[:3]}, unexpected "
+            f"{sorted(unexpected)[:3]}"
+        )
+    try:
+        inner.load_state_dict(adapter_weights, strict=False)
+    except RuntimeError as e:  # shapes: another rank or another model width
+        raise ValueError(f"the adapter does not fit the base model {base}: {str(e).splitlines()[-1]}") from e
+    return peft_model
+
+
+def save_merged(peft_model, out_dir: str | Path, *, dtype) -> None:
+    """The base model with the adapter merged in (W + s B A), as a plain Hugging Face model in `dtype`."""
+    merged = peft_model.merge_and_unload()
+    merged.to(dtype).save_pretrained(out_dir, safe_serialization=True)
+
+
+def eval_adapter(model) -> tuple[str, str | None] | None:
+    """(adapter folder, explicit base or None) when `sposd eval` is given an adapter, else None.
+
+    `model.adapter=<folder>` evaluates that adapter on model.path; `model.path=<folder>` holding adapter_config.json
+    evaluates it on the base its config names.
+
+    Raises:
+        ValueError: model.adapter is not a PEFT adapter folder (one line).
+    """
+    if model.adapter is not None:
+        read_adapter_config(Path(model.adapter).expanduser(), what=f"model.adapter={model.adapter!r}")
+        return str(Path(model.adapter).expanduser()), model.path
+    p = Path(model.path).expanduser()
+    if p.is_dir() and (p / ADAPTER_CONFIG).is_file():
+        return str(p), None
+    return None
+
+
+def merge_adapter_folder(adapter_dir: str, *, base: str | None, out_dir: Path) -> str:
+    """The adapter merged into its base, written to `out_dir` (atomically) with a tokenizer; returns its path.
+
+    The tokenizer is the adapter folder's when it has one (`sposd export --adapter` writes it), else the base's.
+    """
+    import shutil
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    base_path = adapter_base_path(adapter_dir, base)
+    peft_model = adapter_model(adapter_dir, base=base_path)
+    dtype = getattr(AutoConfig.from_pretrained(base_path), "dtype", None) or torch.float32
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_merged(peft_model, tmp, dtype=dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    except (OSError, ValueError):
+        tokenizer = AutoTokenizer.from_pretrained(base_path)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return str(out_dir)
