@@ -62,12 +62,14 @@ def check_targets(model: nn.Module, targets: Iterable[str]) -> None:
     """Every target names a linear layer of `model`.
 
     Raises:
-        ValueError: one line naming the unknown targets and the valid ones.
+        UserError: one line naming the unknown targets and the valid ones.
     """
+    from sposd.errors import UserError
+
     valid = linear_leaf_names(model)
     unknown = [t for t in targets if t not in valid]
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"model.lora.targets {unknown} name no linear layer of this model; choose from {sorted(valid)}"
         )
 
