@@ -8,9 +8,17 @@ TRL (the optional `bench` extra: `pip install -e .[bench]`) runs its default HF 
 
     python scripts/bench_vs_trl.py --reps 3 --steps 12 --json
 
-Each repetition runs sposd, then TRL, each in a fresh process; the first 2 steps of every run are warm-up. The ratio
-is sposd / TRL of the median step times (< 1: sposd is faster). On a shared machine, read the per-repetition ratios:
-a busy neighbour inflates whichever arm it overlaps.
+Each repetition runs every arm, each in a fresh process, in alternating order (sposd ... TRL, then TRL ... sposd) so
+a drift of the host's speed spreads over both; the first 2 steps of every run are warm-up. The ratio is sposd / TRL of
+the median step times (< 1: sposd is faster). Each arm's CPU time per step (all threads of its process; sposd's
+verifier workers are separate processes and not counted, about 0.05 s/step) is printed beside it: on a busy machine
+the wall-time ratio is inflated by whichever arm a neighbour overlaps, the CPU-time ratio much less. Each arm's wall
+time outside its steps (start-up, vLLM's compilation, teardown) is in the JSON (`<arm>_outside_s`).
+`--sposd` adds overrides to the sposd arm; `--variant LABEL:override,...` adds another sposd arm to every repetition
+(e.g. `--variant unshared:hardware.share_prompts=false --variant compiled:hardware.vllm_enforce_eager=false`).
+`--threads N` gives every arm N torch / OpenMP threads (default 2, the machine's cores). With other jobs on the
+machine use `--threads 1` and read the CPU-time ratio: with more threads than free cores, idle OpenMP threads spin
+while a neighbour holds a core, which inflates CPU time as well as wall time.
 """
 
 from __future__ import annotations
@@ -35,13 +43,21 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--model", default=None, help="HF model dir (default: the embedded default's warm-started model)")
+    ap.add_argument("--sposd", nargs="*", default=[], help="extra Hydra overrides for the sposd arm")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="another sposd arm, LABEL:override[,override...] (e.g. unshared:hardware.share_prompts=false)",
+    )
+    ap.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of each arm")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ap.add_argument("--trl-worker", default=None, help=argparse.SUPPRESS)  # internal: run the TRL arm into this dir
     args = ap.parse_args()
     if args.steps <= WARMUP:
         sys.exit(f"--steps must be > {WARMUP} (the first {WARMUP} steps are warm-up)")
     if args.trl_worker:
-        return trl_worker(Path(args.trl_worker), model=args.model, steps=args.steps)
+        return trl_worker(Path(args.trl_worker), model=args.model, steps=args.steps, threads=args.threads)
     try:
         import trl  # noqa: F401
     except ImportError:
@@ -49,24 +65,61 @@ def main() -> None:
     model = args.model or toy_model()
     work = Path(tempfile.mkdtemp(prefix="bench_vs_trl_"))
     write_prompts(model, work / "prompts.jsonl", steps=args.steps)
+    arms = {"sposd": args.sposd} | {label: [*args.sposd, *ov] for label, ov in map(_variant, args.variant)}
     reps = []
     for rep in range(args.reps):
-        sposd_s = run_sposd(model, work / f"sposd_{rep}", steps=args.steps)
-        trl_s = run_trl(model, work / f"trl_{rep}", steps=args.steps)
-        reps.append({"rep": rep + 1, "sposd_s": sposd_s, "trl_s": trl_s, "ratio": sposd_s / trl_s})
-        print(f"rep {rep + 1}: sposd {sposd_s:.3f} s/step, TRL {trl_s:.3f} s/step, sposd/TRL {sposd_s / trl_s:.2f}")
+        names = [*arms, "trl"]
+        order = names if rep % 2 == 0 else names[::-1]
+        got = {
+            name: run_trl(model, work / f"trl_{rep}", steps=args.steps, threads=args.threads)
+            if name == "trl"
+            else run_sposd(model, work / f"{name}_{rep}", steps=args.steps, extra=arms[name], threads=args.threads)
+            for name in order
+        }
+        trl_s, trl_cpu, trl_outside = got["trl"]
+        r = {"rep": rep + 1, "order": order, "trl_s": trl_s, "trl_cpu_s": trl_cpu, "trl_outside_s": trl_outside}
+        line = []
+        for name in arms:
+            wall, cpu, outside = got[name]
+            r |= {
+                f"{name}_s": wall,
+                f"{name}_cpu_s": cpu,
+                f"{name}_outside_s": outside,
+                f"{name}_ratio": wall / trl_s,
+                f"{name}_cpu_ratio": cpu / trl_cpu,
+            }
+            line.append(f"{name} {wall:.3f} s/step ({cpu:.2f} CPU-s; /TRL {wall / trl_s:.2f}, CPU {cpu / trl_cpu:.2f})")
+        reps.append(r)
+        print(f"rep {rep + 1} ({' > '.join(order)}): TRL {trl_s:.3f} s/step ({trl_cpu:.2f} CPU-s); " + "; ".join(line))
+    med = {k: statistics.median(r[k] for r in reps) for k in reps[0] if k not in ("rep", "order")}
     out = {
-        "sposd_s_median": statistics.median(r["sposd_s"] for r in reps),
-        "trl_s_median": statistics.median(r["trl_s"] for r in reps),
-        "ratio_median": statistics.median(r["ratio"] for r in reps),
+        "sposd_s_median": med["sposd_s"],
+        "trl_s_median": med["trl_s"],
+        "ratio_median": med["sposd_ratio"],
+        "cpu_ratio_median": med["sposd_cpu_ratio"],
+        "medians": med,
+        "arms": arms,
+        "threads": args.threads,
         "reps": reps,
         "steps": args.steps,
         "warmup_steps": WARMUP,
         "job": {"prompts_per_step": PROMPTS, "group_size": GROUP, "max_new_tokens": NEW_TOKENS, "model": model},
     }
-    print(f"median over {len(reps)} reps: sposd/TRL = {out['ratio_median']:.2f}")
+    for name in arms:
+        print(
+            f"median over {len(reps)} reps: {name}/TRL = {med[name + '_ratio']:.2f} "
+            f"(CPU: {med[name + '_cpu_ratio']:.2f})  {' '.join(arms[name])}"
+        )
     if args.json:
         print(json.dumps(out))
+
+
+def _variant(spec: str) -> tuple[str, list[str]]:
+    """`label:override,override` -> (label, overrides)."""
+    label, _, overrides = spec.partition(":")
+    if not label or not overrides or label in ("sposd", "trl"):
+        sys.exit(f"--variant takes LABEL:override[,override...] with a new label, got {spec!r}")
+    return label, overrides.split(",")
 
 
 def toy_model() -> str:
@@ -101,7 +154,9 @@ def _median_after_warmup(times: list[float]) -> float:
     return statistics.median(times[WARMUP:])
 
 
-def run_sposd(model: str, run_dir: Path, *, steps: int) -> float:
+def run_sposd(model: str, run_dir: Path, *, steps: int, extra: list[str], threads: int) -> tuple[float, float, float]:
+    """Median (wall, CPU) seconds per step after warm-up, and the run's wall seconds outside its steps (start-up,
+    compilation, teardown)."""
     cmd = [
         sys.executable,
         "-m",
@@ -122,28 +177,38 @@ def run_sposd(model: str, run_dir: Path, *, steps: int) -> float:
         "train.checkpoint.every=0",
         "train.checkpoint.on_exit=false",
         f"hydra.run.dir={run_dir}",
+        f"hardware.num_threads={threads}",
+        *extra,
     ]
-    _run(cmd, "sposd")
+    total = _run(cmd, "sposd", threads=threads)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return _median_after_warmup([r["time/step_s"] for r in rows])
+    wall = [r["time/step_s"] for r in rows]
+    return _median_after_warmup(wall), _median_after_warmup([r["time/step_cpu_s"] for r in rows]), total - sum(wall)
 
 
-def run_trl(model: str, out: Path, *, steps: int) -> float:
+def run_trl(model: str, out: Path, *, steps: int, threads: int) -> tuple[float, float, float]:
+    """As `run_sposd`."""
     cmd = [sys.executable, __file__, "--trl-worker", str(out), "--model", model, "--steps", str(steps)]
-    _run(cmd, "TRL")
-    return _median_after_warmup(json.loads((out / "step_times.json").read_text()))
+    total = _run([*cmd, "--threads", str(threads)], "TRL", threads=threads)
+    times = json.loads((out / "step_times.json").read_text())
+    return _median_after_warmup(times["wall"]), _median_after_warmup(times["cpu"]), total - sum(times["wall"])
 
 
-def _run(cmd: list[str], name: str) -> None:
+def _run(cmd: list[str], name: str, *, threads: int) -> float:
+    """Run one arm's process; returns its wall seconds."""
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "WANDB_MODE": "disabled"})
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": str(threads)}
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     if r.returncode:
         sys.exit(f"the {name} run failed ({r.returncode}) after {time.perf_counter() - t0:.0f} s:\n{r.stderr[-3000:]}")
+    return time.perf_counter() - t0
 
 
 # ---- the TRL arm (a process of its own) ------------------------------------------------------------------------
-def trl_worker(out: Path, *, model: str, steps: int) -> None:
+def trl_worker(out: Path, *, model: str, steps: int, threads: int) -> None:
     import torch
+
+    torch.set_num_threads(threads)
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -157,14 +222,15 @@ def trl_worker(out: Path, *, model: str, steps: int) -> None:
     def reward(completions, answer, **kwargs) -> list[float]:  # the toy task's integer answers, as sposd grades them
         return [float(extract_answer(c) == str(a)) for c, a in zip(completions, answer, strict=True)]
 
-    times: list[float] = []
+    times: dict[str, list[float]] = {"wall": [], "cpu": []}
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, *a, **k):
-            self.t0 = time.perf_counter()
+            self.t0, self.cpu0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *a, **k):
-            times.append(time.perf_counter() - self.t0)
+            times["wall"].append(time.perf_counter() - self.t0)
+            times["cpu"].append(time.process_time() - self.cpu0)
 
     policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
     opt = torch.optim.AdamW(policy.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)

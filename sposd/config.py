@@ -228,6 +228,9 @@ class HardwareCfg:
             DeepSpeed's CPU Adam, JIT-built once with the machine's C++ compiler).
         fp32_grad_accum: accumulate gradients across micro-batches in fp32 (false: in the model dtype, -2 B/param).
         micro_batch_tokens: padded tokens per learner micro-batch.
+        share_prompts: the learner runs each distinct prompt of a micro-batch once and the group's completions on
+            its cached keys and values (a group of G costs 1 prompt + G completions instead of G x both; the same
+            loss and gradients). Off by itself under gradient checkpointing, which drops the cache.
         vllm_gpu_memory_utilization: vLLM's share of GPU memory (weights + KV cache).
         vllm_kv_cache_gb: KV cache on CPU.
         vllm_tp: tensor-parallel size of each vLLM engine.
@@ -249,6 +252,7 @@ class HardwareCfg:
     offload_params: bool = False
     fp32_grad_accum: bool = True
     micro_batch_tokens: int = 8192
+    share_prompts: bool = True
     vllm_gpu_memory_utilization: float = 0.5
     vllm_kv_cache_gb: float = 1.0
     vllm_tp: int = 1

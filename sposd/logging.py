@@ -50,7 +50,8 @@ class _OwnInfoOnly(logging.Filter):
 
 
 def quiet_libraries(device: str, *, verbose: bool = False) -> None:
-    """Keep the console for sposd's own lines and the progress bar; `verbose=true` leaves the libraries alone.
+    """Keep the console for sposd's own lines and the progress bar; `verbose=true` leaves the libraries alone
+    (but for the per-step deprecation warnings of torch.distributed and vLLM, which are always off).
 
     Quiet: vLLM logs errors only (its level is read at import, so call this first), other libraries' loggers
     pass errors only (a filter on the logger object survives the library setting its level at import), the
@@ -60,6 +61,9 @@ def quiet_libraries(device: str, *, verbose: bool = False) -> None:
     """
     if device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns that it found no GPU
+    # per-step deprecation chatter of torch.distributed (DeepSpeed's collectives) and vLLM: off even when verbose
+    for msg in (".*reduce_scatter_tensor.*", ".*all_gather_into_tensor.*", ".*reduce_op.*", ".*_get_vllm_tracer.*"):
+        warnings.filterwarnings("ignore", message=msg)
     if verbose:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")
         return

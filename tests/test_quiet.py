@@ -61,3 +61,14 @@ def test_verbose_leaves_libraries_alone(restore_loggers):
     quiet_libraries("cpu", verbose=True)
     assert os.environ["VLLM_LOGGING_LEVEL"] == "INFO"
     assert _emit("DeepSpeed", logging.WARNING)
+
+
+def test_per_step_deprecation_chatter_is_off_even_when_verbose(restore_loggers):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.resetwarnings()  # no earlier filter hides what this test emits
+        quiet_libraries("cpu", verbose=True)
+        warnings.warn("`torch.distributed.all_gather_into_tensor` is deprecated", FutureWarning, stacklevel=1)
+        warnings.warn("something else is deprecated", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["something else is deprecated"]

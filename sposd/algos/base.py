@@ -10,7 +10,6 @@ Legend: B rows of a micro-batch, T completion tokens.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,17 +24,15 @@ from sposd.ops.shaping import overlong_penalty
 from sposd.ops.types import LossOut
 from sposd.types import RolloutGroup
 
-Head = Callable[[Tensor], Tensor]
-
 
 @dataclass
 class DistillBatch:
     """The distilled rows of a micro-batch (the first D rows), teacher and student aligned on completion positions.
 
-    The logits come either dense (`*_logits_DTV`) or as final hidden states plus the output layer (`*_hidden_DTH`,
-    `*_head`): the sparse form lets a term that needs only some positions (TIP) compute [N, V] logits there alone,
-    so neither a dense logits tensor nor its gradient exists. `student_logits_at` / `teacher_logits_at` read
-    either form.
+    The logits are dense tensors or, from the learner, `sposd.ops.fused.HiddenLogits` (final hidden states and the
+    output layer): indexing those computes [N, V] logits at the indexed positions alone, so a term that needs only
+    some positions (TIP) never builds a dense logits tensor or its gradient. `student_logits_at` /
+    `teacher_logits_at` read either.
 
     Attributes:
         student_logits_DTV: student logits predicting completion tokens (grad; may be a strided view), or None.
@@ -45,10 +42,6 @@ class DistillBatch:
         weight_D: per-row weight (prompt weight / normaliser share set by the algorithm's data hook).
         logp_DT, old_logp_DT: current / behaviour log-probs of the tokens (for the importance-ratio clip).
         token_weight_DT: per-token weights from the token pre-pass (`Algorithm.token_weights`), or None.
-        student_hidden_DTH, student_head: final student hidden states and logits = head(hidden) (sparse form).
-        teacher_hidden_DTH, teacher_head: the same for the teacher (no grad).
-        teacher_kept: (rows, cols, logits_NV): teacher logits the learner computed at exactly the positions the
-            term will ask for (sparse mode: only the kept positions of a token pre-pass), or None.
         partner_logits_DTV: the teacher's logits under each row's partner context (`TeacherRequest.partner`; rows
             without one: their teacher context again), when `Algorithm.needs_partner_pass`; else None.
     """
@@ -61,31 +54,18 @@ class DistillBatch:
     logp_DT: Tensor
     old_logp_DT: Tensor
     token_weight_DT: Tensor | None = None
-    student_hidden_DTH: Tensor | None = None
-    student_head: Head | None = None
-    teacher_hidden_DTH: Tensor | None = None
-    teacher_head: Head | None = None
-    teacher_kept: tuple[Tensor, Tensor, Tensor] | None = None
     partner_logits_DTV: Tensor | None = None
 
     def student_logits_at(self, rows: Tensor, cols: Tensor) -> Tensor:
         """Student logits at the positions (rows[n], cols[n]): [N, V] (differentiable when the student is)."""
-        if self.student_logits_DTV is not None:
-            return self.student_logits_DTV[rows, cols]
-        assert self.student_hidden_DTH is not None and self.student_head is not None, "no student logits or head"
-        return self.student_head(self.student_hidden_DTH[rows, cols])
+        assert self.student_logits_DTV is not None, "no student logits"
+        return self.student_logits_DTV[rows, cols]
 
     @torch.no_grad()
     def teacher_logits_at(self, rows: Tensor, cols: Tensor) -> Tensor:
         """Teacher logits at the positions (rows[n], cols[n]): [N, V]."""
-        if self.teacher_logits_DTV is not None:
-            return self.teacher_logits_DTV[rows, cols]
-        if self.teacher_kept is not None:
-            r, c, logits_NV = self.teacher_kept
-            assert torch.equal(r, rows) and torch.equal(c, cols), "teacher_kept holds other positions"
-            return logits_NV
-        assert self.teacher_hidden_DTH is not None and self.teacher_head is not None, "no teacher logits or head"
-        return self.teacher_head(self.teacher_hidden_DTH[rows, cols])
+        assert self.teacher_logits_DTV is not None, "no teacher logits"
+        return self.teacher_logits_DTV[rows, cols]
 
 
 @dataclass
@@ -252,12 +232,6 @@ class Algorithm:
     def needs_token_prepass(self) -> bool:
         """Whether the learner runs `token_stats` / `token_weights` over the batch before the loss passes."""
         return any(getattr(t, "needs_token_prepass", False) for t in self.terms)
-
-    @property
-    def sparse_student(self) -> bool:
-        """Whether no term differentiates dense student logits: the learner then hands the distillation term final
-        hidden states and the output layer (`DistillBatch` sparse form) and computes log-probs without grad."""
-        return self.cfg.rl_coef == 0 and any(getattr(t, "sparse", False) for t in self.terms)
 
     def _distill_term(self):
         from sposd.algos.distill.term import DistillTerm

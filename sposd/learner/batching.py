@@ -49,13 +49,18 @@ class LearnerSample:
         return self.teacher_prompt_ids is not None and self.distill_weight > 0 and self.distill_len > 0
 
 
-def collate(samples: list[LearnerSample], *, pad_id: int) -> dict[str, Tensor]:
+def collate(samples: list[LearnerSample], *, pad_id: int, share_prompts: bool = False) -> dict[str, Tensor]:
     """Build one micro-batch.
 
+    Args:
+        share_prompts: also index the distinct prompts (`prompt_rows_U`, `prompt_of_B`): the passes then run
+            each distinct prompt once and its completions on its cached keys and values (`passes.hidden_states`).
     Returns:
         input_ids_BL, attention_mask_BL, position_ids_BL with L = P + T;
         completion_ids_BT, mask_BT (1.0 on real completion tokens of kept samples), adv_B,
-        rollout_logp_BT (0 where unknown), has_rollout_logp_B.
+        rollout_logp_BT (0 where unknown), has_rollout_logp_B;
+        with share_prompts: prompt_rows_U (the first row of each distinct prompt) and prompt_of_B (each row's
+        distinct prompt, an index into prompt_rows_U).
     """
     B = len(samples)
     P = max(len(s.prompt_ids) for s in samples)
@@ -78,7 +83,9 @@ def collate(samples: list[LearnerSample], *, pad_id: int) -> dict[str, Tensor]:
             rlp[i, :t] = torch.tensor(s.rollout_logprobs)
             has_rlp[i] = True
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    shared = distinct_prompts(samples) if share_prompts else {}
     return {
+        **shared,
         "input_ids_BL": ids,
         "attention_mask_BL": attn,
         "position_ids_BL": pos,
@@ -88,3 +95,13 @@ def collate(samples: list[LearnerSample], *, pad_id: int) -> dict[str, Tensor]:
         "rollout_logp_BT": rlp,
         "has_rollout_logp_B": has_rlp,
     }
+
+
+def distinct_prompts(samples: list[LearnerSample]) -> dict[str, Tensor]:
+    """prompt_rows_U: the first row of each distinct prompt (in order of appearance); prompt_of_B: each row's."""
+    first: dict[tuple[int, ...], int] = {}
+    of_B = [first.setdefault(tuple(s.prompt_ids), len(first)) for s in samples]
+    rows_U = [0] * len(first)
+    for b in reversed(range(len(samples))):
+        rows_U[of_B[b]] = b
+    return {"prompt_rows_U": torch.tensor(rows_U, dtype=torch.long), "prompt_of_B": torch.tensor(of_B)}

@@ -95,11 +95,14 @@ class DeepSpeedLearner:
         rollout_top_k: int = -1,
         rollout_top_p: float = 1.0,
         lora=None,
+        share_prompts: bool = True,
     ) -> None:
         use_cached_torch_extensions()
         self.algo, self.device, self.pad_id = algo, device, pad_id
         self.micro_batch_tokens, self.loss_temperature = micro_batch_tokens, loss_temperature
         self.rollout_top_k, self.rollout_top_p = rollout_top_k, rollout_top_p
+        # transformers drops the key/value cache under gradient checkpointing: no shared prompts then
+        self.share_prompts = share_prompts and not gradient_checkpointing
         self.rank, self.world = sdist.init_distributed(device)
         forget_stale_deepspeed_groups()
         cfg = ds_config(
@@ -181,8 +184,11 @@ class DeepSpeedLearner:
         """Log-prob of each completion token under `engine`'s model: [B, T] (fp32; 0 beyond each completion)."""
         return passes.logprobs(engine, mb, temperature=self.loss_temperature, chunk=self._chunk)
 
+    def _collate(self, rows: list[LearnerSample]) -> dict:
+        return collate(rows, pad_id=self.pad_id, share_prompts=self.share_prompts)
+
     def _teacher_mb(self, rows: list[LearnerSample], contexts: list[list[int]]) -> dict:
-        return passes.teacher_mb(rows, contexts, pad_id=self.pad_id)
+        return passes.teacher_mb(rows, contexts, pad_id=self.pad_id, share_prompts=self.share_prompts)
 
     @torch.no_grad()
     def _teacher_logits(self, rows: list[LearnerSample]):
@@ -208,13 +214,14 @@ class DeepSpeedLearner:
         return out
 
     def _run_empty(self, p) -> None:
-        passes.run_empty(p.ops, {"policy": self.engine, "teacher": self.teacher, "ref": self.ref}, self.pad_id)
+        engines = {"policy": self.engine, "teacher": self.teacher, "ref": self.ref}
+        passes.run_empty(p.ops, engines, self.pad_id, share_prompts=self.share_prompts)
 
     def _plan_step(self, samples: list[LearnerSample]) -> StepPlan:
         """The step's plan: this rank's micro-batches, then one exchange of every rank's summary (the only
         collective before the first pass), from which every rank builds the same schedule."""
         rows = [Row.of(s) for s in samples]
-        micro_batches = local_micro_batches(rows, self.micro_batch_tokens)
+        micro_batches = local_micro_batches(rows, self.micro_batch_tokens, share_prompts=self.share_prompts)
         summaries = sdist.all_gather_objects(summarize(rows, micro_batches))
         return build_step_plan(micro_batches, summaries, self.shape)
 
@@ -260,13 +267,14 @@ class DeepSpeedLearner:
     def _no_grad_logps(self, engine, samples: list[LearnerSample]) -> list[torch.Tensor]:
         """Per-sample log-probs (unpadded, on CPU), computed with the same micro-batching as training."""
         out: list[torch.Tensor | None] = [None] * len(samples)
-        micro_batches = local_micro_batches([Row.of(s) for s in samples], self.micro_batch_tokens)
+        rows = [Row.of(s) for s in samples]
+        micro_batches = local_micro_batches(rows, self.micro_batch_tokens, share_prompts=self.share_prompts)
         counts = sdist.all_gather_objects(len(micro_batches))
         for idx, p in logp_schedule(micro_batches, counts, "ref" if engine is self.ref else "policy"):
             if not idx:
                 self._run_empty(p)
                 continue
-            lp = self._logp(engine, collate([samples[i] for i in idx], pad_id=self.pad_id)).float().cpu()
+            lp = self._logp(engine, self._collate([samples[i] for i in idx])).float().cpu()
             for r, i in enumerate(idx):
                 out[i] = lp[r, : len(samples[i].completion_ids)]
         return out  # type: ignore[return-value]
@@ -286,7 +294,7 @@ class DeepSpeedLearner:
                 self._run_empty(p)
                 continue
             drows = [samples[i] for i in didx]
-            smb = collate(drows, pad_id=self.pad_id)
+            smb = self._collate(drows)
             t_h = passes.hidden_states(self.teacher, self._teacher_mb(drows, [s.teacher_prompt_ids for s in drows]))
             s_h = passes.hidden_states(self.engine, smb)
             t_head = passes.gathered_head(self.teacher)
@@ -314,7 +322,7 @@ class DeepSpeedLearner:
 
         Returns: (the algorithm's LossOut, logp_BT, the collated micro-batch).
         """
-        mb = collate(rows, pad_id=self.pad_id)
+        mb = self._collate(rows)
         tokens = self._dev(mb["completion_ids_BT"])
         h, W, b = passes.policy_head(self.engine, passes.hidden_states(self.engine, mb))
         S = passes.logits_of(h, W, b)

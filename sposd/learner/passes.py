@@ -52,11 +52,15 @@ def hidden_states(engine, mb: dict[str, Tensor]) -> Tensor:
 
     Args:
         engine: a DeepSpeed engine (or a plain module) wrapping a causal LM.
-        mb: a micro-batch from `collate` ([left-padded context | right-padded completion] rows).
+        mb: a micro-batch from `collate` ([left-padded context | right-padded completion] rows). With
+            `collate(share_prompts=True)`'s index the body runs twice: once on each distinct prompt, then on every
+            row's completion attending to its prompt's cached keys and values (`_shared_prompt_hidden`).
     """
     model = _model(engine)
     device = next(iter(engine.parameters())).device if not hasattr(engine, "device") else engine.device
     T = mb["completion_ids_BT"].shape[1]
+    if "prompt_of_B" in mb:
+        return _shared_prompt_hidden(engine, model, {k: v.to(device) for k, v in mb.items()}, T)
 
     def body(**kw):
         return model.base_model(**kw).last_hidden_state
@@ -71,18 +75,59 @@ def hidden_states(engine, mb: dict[str, Tensor]) -> Tensor:
     return h_BLH[:, -(T + 1) : -1]
 
 
-def dummy_hidden(engine, pad_id: int) -> Tensor:
-    """The body on two pad tokens: [1, 1, H]. Mirrors a pass another rank runs (ZeRO-3 gathers are collective)."""
+def _shared_prompt_hidden(engine, model: torch.nn.Module, mb: dict[str, Tensor], T: int) -> Tensor:
+    """`hidden_states` with each distinct prompt run once (GRPO's group shares one prompt: G x fewer prompt
+    tokens; the shared-prefix forward of Prefix Grouper, arXiv 2506.05433).
+
+    Two engine calls on every rank whatever the data (ZeRO-3 gathers are collective): the distinct prompts
+    [U, P] with a fresh key/value cache, then the completions [B, T] on that cache, its rows selected per
+    completion (an index, so backward sums each completion's gradient into its prompt's keys and values). The
+    result equals the one-call path's up to floating-point rounding (tests/learner/test_shared_prompts.py). Not
+    with gradient checkpointing: transformers then drops the cache (the learner does not share then).
+    """
+    from transformers import DynamicCache
+
+    P = mb["input_ids_BL"].shape[1] - T
+    rows_U, of_B = mb["prompt_rows_U"], mb["prompt_of_B"]
+
+    def prompt_body(**kw):
+        out = model.base_model(**kw, past_key_values=DynamicCache(config=model.config), use_cache=True)
+        return out.last_hidden_state, out.past_key_values
+
+    def completion_body(**kw):
+        return model.base_model(**kw, use_cache=True).last_hidden_state
+
+    with _forward_as(model, prompt_body):
+        h_UPH, cache = engine(
+            input_ids=mb["input_ids_BL"][rows_U, :P],
+            attention_mask=mb["attention_mask_BL"][rows_U, :P],
+            position_ids=mb["position_ids_BL"][rows_U, :P],
+        )
+    cache.batch_select_indices(of_B)
+    with _forward_as(model, completion_body):
+        h_BTH = engine(
+            input_ids=mb["input_ids_BL"][:, P:],
+            attention_mask=mb["attention_mask_BL"],
+            position_ids=mb["position_ids_BL"][:, P:],
+            past_key_values=cache,
+        )
+    # position P-1 (the prompt's last) predicts completion token 0; completion position t predicts token t+1
+    return torch.cat([h_UPH[of_B, P - 1 :], h_BTH[:, : T - 1]], dim=1)
+
+
+def dummy_hidden(engine, pad_id: int, *, share_prompts: bool = False) -> Tensor:
+    """The body on two pad tokens: [1, 1, H]. Mirrors a pass another rank runs (ZeRO-3 gathers are collective),
+    with as many engine calls (two when prompts are shared)."""
     ids = torch.full((1, 2), pad_id, dtype=torch.long)
-    return hidden_states(
-        engine,
-        {
-            "input_ids_BL": ids,
-            "attention_mask_BL": torch.ones_like(ids),
-            "position_ids_BL": torch.arange(2)[None],
-            "completion_ids_BT": ids[:, :1],
-        },
-    )
+    mb = {
+        "input_ids_BL": ids,
+        "attention_mask_BL": torch.ones_like(ids),
+        "position_ids_BL": torch.arange(2)[None],
+        "completion_ids_BT": ids[:, :1],
+    }
+    if share_prompts:
+        mb |= {"prompt_rows_U": torch.tensor([0]), "prompt_of_B": torch.tensor([0])}
+    return hidden_states(engine, mb)
 
 
 def gathered_head(engine) -> tuple[Tensor, Tensor | None]:
@@ -151,12 +196,12 @@ def in_graph(loss: Tensor, *tensors: Tensor | None) -> Tensor:
     return loss
 
 
-def teacher_mb(rows, contexts: list[list[int]], *, pad_id: int) -> dict[str, Tensor]:
+def teacher_mb(rows, contexts: list[list[int]], *, pad_id: int, share_prompts: bool = False) -> dict[str, Tensor]:
     """[teacher context | the student's completion] rows, contexts left-padded: no padding between them."""
     from sposd.learner.batching import LearnerSample, collate
 
     samples = [LearnerSample(c, s.completion_ids, 0.0) for s, c in zip(rows, contexts, strict=True)]
-    return collate(samples, pad_id=pad_id)
+    return collate(samples, pad_id=pad_id, share_prompts=share_prompts)
 
 
 @torch.no_grad()
@@ -180,7 +225,7 @@ def logprobs(engine, mb: dict[str, Tensor], *, temperature: float, chunk: int) -
     )
 
 
-def run_empty(ops, engines: dict, pad_id: int) -> None:
+def run_empty(ops, engines: dict, pad_id: int, *, share_prompts: bool = False) -> None:
     """Run a pass's ops (`plan.Pass.ops`) on two pad tokens with a zero loss: the forwards, gathers, backward and
     step a rank with rows issues, for a rank with none (ZeRO-3 gathers are collective)."""
     h = W = b = loss = None
@@ -188,11 +233,11 @@ def run_empty(ops, engines: dict, pad_id: int) -> None:
         eng = engines[model]
         if action == "hidden":
             with torch.no_grad():
-                dummy_hidden(eng, pad_id)
+                dummy_hidden(eng, pad_id, share_prompts=share_prompts)
         elif action == "gather_head":
             gathered_head(eng)
         elif action == "hidden_grad":
-            h = dummy_hidden(eng, pad_id)
+            h = dummy_hidden(eng, pad_id, share_prompts=share_prompts)
         elif action == "head_call":
             h, W, b = policy_head(eng, h)
             loss = in_graph(h.sum() * 0.0, h, W, b)

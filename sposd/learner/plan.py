@@ -29,28 +29,44 @@ from dataclasses import dataclass
 Op = tuple[str, str]
 
 
-def plan_micro_batches(lengths: list[tuple[int, int]], max_tokens: int) -> list[list[int]]:
-    """Group samples into micro-batches whose padded size (rows x (max prompt + max completion)) fits max_tokens.
+def plan_micro_batches(
+    lengths: list[tuple[int, int]], max_tokens: int, *, prompt_keys: list[int] | None = None
+) -> list[list[int]]:
+    """Group samples into micro-batches whose padded size fits max_tokens.
 
-    Samples are sorted by total length first so each micro-batch pads little. A single sample longer than the
-    budget gets a micro-batch of its own.
+    Without prompt_keys a micro-batch costs rows x (max prompt + max completion); samples are sorted by total
+    length first so each micro-batch pads little. With prompt_keys (one per sample, equal for equal prompts: the
+    passes then run each distinct prompt once) it costs distinct prompts x max prompt + rows x max completion, and
+    samples are sorted by (prompt length, prompt, completion length) so a group's completions share micro-batches.
+    A single sample longer than the budget gets a micro-batch of its own.
 
     Args:
         lengths: (prompt_len, completion_len) per sample.
         max_tokens: padded-token budget per micro-batch.
+        prompt_keys: the prompt's identity per sample (e.g. a hash of its tokens), or None.
     Returns: lists of sample indices.
     """
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i][0] + lengths[i][1], i))
+    if prompt_keys is None:
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i][0] + lengths[i][1], i))
+    else:
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i][0], prompt_keys[i], lengths[i][1], i))
     plans: list[list[int]] = []
     cur: list[int] = []
+    keys: set[int] = set()
     max_p = max_t = 0
     for i in order:
         p, t = lengths[i]
         new_p, new_t = max(max_p, p), max(max_t, t)
-        if cur and (len(cur) + 1) * (new_p + new_t) > max_tokens:
+        if prompt_keys is None:
+            cost = (len(cur) + 1) * (new_p + new_t)
+        else:
+            cost = len(keys | {prompt_keys[i]}) * new_p + (len(cur) + 1) * new_t
+        if cur and cost > max_tokens:
             plans.append(cur)
-            cur, new_p, new_t = [], p, t
+            cur, keys, new_p, new_t = [], set(), p, t
         cur.append(i)
+        if prompt_keys is not None:
+            keys.add(prompt_keys[i])
         max_p, max_t = new_p, new_t
     if cur:
         plans.append(cur)
@@ -66,10 +82,12 @@ class Row:
     distilled: bool
     kept: bool  # counts in the loss (loss_weight > 0)
     distill_units: float = 0.0
+    prompt_key: int = 0  # equal for equal student prompts
 
     @staticmethod
     def of(sample) -> Row:
         return Row(
+            prompt_key=hash(tuple(sample.prompt_ids)),
             context=len(sample.prompt_ids),
             completion=len(sample.completion_ids),
             distilled=sample.distilled,
@@ -147,10 +165,11 @@ class StepPlan:
         return [p for p in self.passes if p.micro_batch == j and p.kind == kind]
 
 
-def local_micro_batches(rows: list[Row], budget: int) -> list[list[int]]:
+def local_micro_batches(rows: list[Row], budget: int, *, share_prompts: bool = False) -> list[list[int]]:
     """This rank's micro-batches (sample indices), distilled rows first in each: their student outputs are
-    then the leading D rows of the micro-batch."""
-    plan = plan_micro_batches([(r.context, r.completion) for r in rows], budget)
+    then the leading D rows of the micro-batch. With share_prompts a distinct prompt costs its tokens once."""
+    keys = [r.prompt_key for r in rows] if share_prompts else None
+    plan = plan_micro_batches([(r.context, r.completion) for r in rows], budget, prompt_keys=keys)
     return [sorted(idx, key=lambda i: not rows[i].distilled) for idx in plan]
 
 
@@ -172,8 +191,7 @@ def build_step_plan(micro_batches: list[list[int]], summaries: list[RankSummary]
     """
     n = max((len(s.teacher_flags) for s in summaries), default=0)
     teacher_at = tuple(
-        shape.has_teacher and any(j < len(s.teacher_flags) and s.teacher_flags[j] for s in summaries)
-        for j in range(n)
+        shape.has_teacher and any(j < len(s.teacher_flags) and s.teacher_flags[j] for s in summaries) for j in range(n)
     )
     passes: list[Pass] = []
     if shape.prepass:
@@ -201,8 +219,7 @@ def logp_schedule(micro_batches: list[list[int]], counts: list[int], model: str)
     rank's number), each with this rank's rows (() = none here)."""
     n = max(counts, default=0)
     return [
-        (tuple(micro_batches[j]) if j < len(micro_batches) else (), Pass("logp", j, logp_ops(model)))
-        for j in range(n)
+        (tuple(micro_batches[j]) if j < len(micro_batches) else (), Pass("logp", j, logp_ops(model))) for j in range(n)
     ]
 
 

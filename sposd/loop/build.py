@@ -16,23 +16,11 @@ from sposd import checkpoint as ck
 from sposd import dist as sdist
 from sposd.config import TrainCfg
 from sposd.errors import UserError
-from sposd.logging import MetricsLogger, redact_secrets, write_atomic
+from sposd.logging import MetricsLogger, quiet_libraries, redact_secrets, write_atomic
 from sposd.loop.evals import HeldoutEval, heldout_eval
 from sposd.loop.metrics import say
 from sposd.loop.rollouts import PromptSampler
 from sposd.rollout.base import SamplingCfg
-
-
-def quiet_libraries(device: str, *, verbose: bool = False) -> None:
-    """Keep the console for the progress bar (sposd/logging.py); the per-step deprecation chatter is off even
-    with verbose=true."""
-    import warnings
-
-    from sposd.logging import quiet_libraries as quiet
-
-    quiet(device, verbose=verbose)
-    for msg in (".*reduce_scatter_tensor.*", ".*all_gather_into_tensor.*", ".*reduce_op.*", ".*_get_vllm_tracer.*"):
-        warnings.filterwarnings("ignore", message=msg)
 
 
 def start_ranks(cfg: TrainCfg) -> tuple[int, int]:
@@ -356,4 +344,5 @@ def build_learner(cfg: TrainCfg, model_path: str, *, algo, tokenizer):
         rollout_top_k=cfg.rollout.top_k,
         rollout_top_p=cfg.rollout.top_p,
         lora=cfg.model.lora,
+        share_prompts=hw.share_prompts,
     )

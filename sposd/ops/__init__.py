@@ -10,29 +10,28 @@ from sposd.ops.advantage_mods import (
 from sposd.ops.advantages import group_advantages, ragged_group_advantages
 from sposd.ops.aggregation import AGG_MODES, aggregate
 from sposd.ops.divergence import (
-    CLIP_MODES,
     DIVERGENCES,
-    STAT_KEYS,
     SUPPORTS,
-    block_divergence,
-    block_divergence_grad,
     divergence_from_logprobs,
     divergence_with_stats,
-    entropy_mismatch_mask,
-    interpolate_teacher_logits_,
     naive_divergence,
     per_token_divergence,
     resolve_divergence,
-    sampled_token_loss,
-    sg_topk_reverse_kl,
-    teacher_support_entropy,
 )
+from sposd.ops.divergence_blocks import CLIP_MODES, STAT_KEYS, block_divergence, block_divergence_grad
 from sposd.ops.logprobs import entropy_from_logits, linear_token_logprobs, token_logprobs
 from sposd.ops.overlap import anchor_recall, lcs_length, overlap, reference_anchors, reveal_count, reveal_ratio
 from sposd.ops.policy_loss import clipped_surrogate, kl_penalty_k3
 from sposd.ops.repetition import ends_in_loop
 from sposd.ops.selection import prefix_length, prompt_weight, select_longest_minority, select_longest_wrong
 from sposd.ops.shaping import overlong_penalty
+from sposd.ops.teacher_signal import (
+    entropy_mismatch_mask,
+    interpolate_teacher_logits_,
+    sampled_token_loss,
+    sg_topk_reverse_kl,
+    teacher_support_entropy,
+)
 from sposd.ops.token_selection import (
     entropy_token_weights,
     q3_mask,

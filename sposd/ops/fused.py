@@ -96,7 +96,7 @@ class HiddenLogits:
         h_NH = self.flat_hidden() if h_NH is None else h_NH
         z_nV = torch.nn.functional.linear(h_NH[pos_n], self.weight, self.bias)
         if self.interp is not None:
-            from sposd.ops.divergence import interpolate_teacher_logits_
+            from sposd.ops.teacher_signal import interpolate_teacher_logits_
 
             partner, mask, gamma = self.interp
             sel = mask.reshape(-1)[pos_n].nonzero().squeeze(-1)

@@ -1,9 +1,10 @@
 """vLLM worker extension: in-place weight reload driven through `LLM.collective_rpc`.
 
-`model.load_weights` alone fails on vLLM's CPU backend (linear weights are repacked after loading and the
-originals emptied), so we go through the model runner's layerwise `reload_weights`, which re-runs the
-post-load processing. The iterator is consumed lazily, so the caller can gather and stream one bucket of
-parameters at a time: the whole model never has to exist twice in memory.
+On CUDA (unquantized models) the model's own `load_weights` copies each tensor into place once. It fails on
+vLLM's CPU backend (linear weights are repacked after loading and the originals emptied), so there we go through
+the model runner's layerwise `reload_weights`, which re-runs the post-load processing (`loads_in_place`). The
+iterator is consumed lazily, so the caller can gather and stream one bucket of parameters at a time: the whole
+model never has to exist twice in memory.
 
 Tied parameters: vLLM ties `lm_head` to `embed_tokens` by sharing one Parameter object (Qwen3-1.7B/4B). Only
 the embedding's name arrives in a checkpoint, so the reload never revisits `lm_head`: it may keep the old
@@ -59,8 +60,27 @@ class SposdWorkerExtension:
                 count += 1
                 yield name, tensor if on_cpu else tensor.to(self.device, non_blocking=True)
 
-        tied = shared_param_holders(self.model_runner.get_model())
+        model = self.model_runner.get_model()
+        if loads_in_place(self.device.type, self.model_runner.model_config.quantization):
+            # one copy: each loader writes its tensor into the (possibly fused) parameter's storage, which CUDA
+            # never repacks, so tied parameters stay tied and CUDA graphs stay valid (verl's and TRL's sync)
+            model.load_weights(weights=counted())
+            return count
+        tied = shared_param_holders(model)
         # the worker's reload_weights wraps the runner's in set_current_vllm_config (online quantisation reads it)
         self.reload_weights(weights_iterator=counted(), is_checkpoint_format=True)
         retie(tied)
         return count
+
+
+def loads_in_place(device_type: str, quantization: str | None, *, rocm: bool | None = None) -> bool:
+    """Whether the worker loads synced weights with the model's own `load_weights` (one copy into the existing
+    storages) rather than the layerwise reload (materialise a fresh layer, run its post-load processing, copy
+    back: three copies). The layerwise reload is needed where post-load processing changes the storages: on CPU,
+    XPU and ROCm (whose device type is also "cuda"; linear weights are repacked for their GEMM kernels) and for
+    quantized models (GPU_AUDIT F16). `rocm` defaults to this torch build's."""
+    if rocm is None:
+        import torch
+
+        rocm = torch.version.hip is not None
+    return device_type == "cuda" and not rocm and quantization is None

@@ -12,7 +12,8 @@ from sposd.algos.base import DistillBatch, Normalizer, PolicyBatch, TeacherConte
 from sposd.algos.config import AlgoCfg, DistillCfg, TipCfg
 from sposd.algos.distill import METRIC_KEYS, DistillTerm, distill_requests
 from sposd.algos.grpo import PolicyGradientTerm
-from sposd.ops.divergence import per_token_divergence, teacher_support_entropy
+from sposd.ops.divergence import per_token_divergence
+from sposd.ops.teacher_signal import teacher_support_entropy
 from sposd.types import Completion, Prompt, RolloutGroup
 
 SSOPD = dict(
@@ -441,8 +442,10 @@ def test_tip_loss_on_kept_positions_equals_the_masked_dense_loss_with_gradient_o
     assert s1.grad[~kept].abs().max() == 0 and s1.grad[kept].abs().min() > 0
 
 
-def test_tip_sparse_form_hidden_states_and_head_equals_dense_logits():
-    # the learner's sparse form: logits = head(hidden) at the kept positions only; same loss, same gradient
+def test_tip_on_hidden_states_and_head_equals_dense_logits():
+    # the learner's form: HiddenLogits computes head(hidden) at the kept positions only; same loss, same gradient
+    from sposd.ops.fused import HiddenLogits
+
     g = torch.Generator().manual_seed(3)
     hidden = torch.randn(2, 6, 5, generator=g, dtype=torch.float64)
     head = torch.nn.Linear(5, 9, bias=False).double()
@@ -457,7 +460,7 @@ def test_tip_sparse_form_hidden_states_and_head_equals_dense_logits():
     (gd,) = torch.autograd.grad(term(dense, norm).loss, head.weight)
     sparse = _batch(torch.zeros(2, 6, 9), teacher, lengths=[6, 4], weights=[1.0, 1.0])
     db = sparse.distill
-    db.student_logits_DTV, db.student_hidden_DTH, db.student_head, db.token_weight_DT = None, hidden, head, w_DT
+    db.student_logits_DTV, db.token_weight_DT = HiddenLogits(hidden, head.weight, None), w_DT
     out = term(sparse, norm)
     (gs,) = torch.autograd.grad(out.loss, head.weight)
     torch.testing.assert_close(gs, gd)

@@ -10,11 +10,13 @@ import torch
 from sposd.ops.divergence import (
     _log1mexp,
     divergence_from_logprobs,
-    entropy_mismatch_mask,
-    interpolate_teacher_logits_,
     naive_divergence,
     per_token_divergence,
     resolve_divergence,
+)
+from sposd.ops.teacher_signal import (
+    entropy_mismatch_mask,
+    interpolate_teacher_logits_,
     sampled_token_loss,
     sg_topk_reverse_kl,
     teacher_support_entropy,

@@ -7,14 +7,8 @@ import math
 import pytest
 import torch
 
-from sposd.ops.divergence import (
-    block_divergence,
-    block_divergence_grad,
-    divergence_from_logprobs,
-    divergence_with_stats,
-    naive_divergence,
-    per_token_divergence,
-)
+from sposd.ops.divergence import divergence_from_logprobs, divergence_with_stats, naive_divergence, per_token_divergence
+from sposd.ops.divergence_blocks import block_divergence, block_divergence_grad
 
 # S = softmax([0, 0]) = [0.5, 0.5]; T = softmax([ln 3, 0]) = [0.75, 0.25]
 S_LOGITS = torch.tensor([[[0.0, 0.0]]], dtype=torch.float64)

@@ -9,14 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sposd.ops.divergence import (
-    interpolate_teacher_logits_,
-    per_token_divergence,
-    sg_topk_reverse_kl,
-    teacher_support_entropy,
-)
+from sposd.ops.divergence import per_token_divergence
 from sposd.ops.fused import HiddenLogits
 from sposd.ops.logprobs import entropy_from_logits, token_logprobs
+from sposd.ops.teacher_signal import interpolate_teacher_logits_, sg_topk_reverse_kl, teacher_support_entropy
 from sposd.ops.token_selection import tip_token_stats
 
 B, T, H, V = 3, 7, 5, 11

@@ -175,7 +175,7 @@ class TeacherEntropyPrepass(TokenPrepass):
     """SRPO: w_t = exp(-H(T_t) / tau), H on the divergence's support, mean 1 over every rank's distilled tokens."""
 
     def stats(self, S_NV: Tensor, T_NV: Tensor, term) -> Tensor:
-        from sposd.ops.divergence import teacher_support_entropy
+        from sposd.ops.teacher_signal import teacher_support_entropy
 
         cfg = term.cfg
         support = {"student_topk": "student_topk_tail"}.get(cfg.support, cfg.support)  # sg_topk's K as a support

@@ -28,14 +28,14 @@ from sposd.algos.base import DistillBatch, Normalizer, PolicyBatch
 from sposd.algos.config import DistillCfg
 from sposd.algos.distill.selections import make_selection, make_token_weighting
 from sposd.algos.schedule import coef_at
-from sposd.ops.divergence import (
-    divergence_with_stats,
+from sposd.ops.divergence import divergence_with_stats
+from sposd.ops.logprobs import entropy_from_logits, token_logprobs
+from sposd.ops.teacher_signal import (
     entropy_mismatch_mask,
     interpolate_teacher_logits_,
     sampled_token_loss,
     sg_topk_reverse_kl,
 )
-from sposd.ops.logprobs import entropy_from_logits, token_logprobs
 from sposd.ops.types import LossOut
 
 # sums over micro-batches and ranks; the loop logs each "distill/<x>_sum" also as "distill/<x>_mean" per distilled
