@@ -93,7 +93,8 @@ def run_case(model: str, mode: str, T: int, steps: int, tmp: str) -> dict:
     lora = LoraCfg(rank=rank, alpha=2 * rank) if mode == "lora" else None
     torch.manual_seed(0)
     learner = DeepSpeedLearner(model, algo=get_algo("opsd")(cfg), optim=Optim, total_steps=steps + 1, device="cpu",
-                               dtype="float32", zero_stage=3, micro_batch_tokens=1 << 16, pad_id=0, lora=lora)
+                               dtype="float32", zero_stage=3, micro_batch_tokens=1 << 16, pad_id=0, lora=lora,
+                               share_prompts=False)  # every sample has its own prompt here: nothing to share
     rss_built = _rss_gb()
     V = learner.module.config.vocab_size
     g = torch.Generator().manual_seed(0)
