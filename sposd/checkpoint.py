@@ -9,6 +9,7 @@ Layout of a run directory's checkpoints (every rank writes into the same, shared
             policy/               DeepSpeed's own checkpoint: ZeRO-3 shards, optimizer, LR scheduler
             teacher_rank_00000.pt the EMA / periodic teacher's shard of each rank (when the algorithm has one)
             model/                config.json + tokenizer: what `sposd export` needs to rebuild a HF model
+                                  (+ adapter_config.json for a LoRA run, whose policy/ holds the adapter only)
         step_30.tmp/              being written; never read, removed by the next save or start
         latest                    "step_20": the newest complete checkpoint
 
@@ -187,8 +188,13 @@ def check_export_target(ckpt: Path, out_dir: Path, *, overwrite: bool) -> None:
         raise ValueError(f"{out_dir} holds an earlier export; add --overwrite to replace it, or choose a new folder")
 
 
-def export_hf(ckpt: Path, out_dir: Path, *, overwrite: bool = False) -> Path:
+def export_hf(ckpt: Path, out_dir: Path, *, overwrite: bool = False, adapter: bool = False,
+              base: str | None = None) -> Path:
     """Write the policy of a checkpoint as a Hugging Face model (config, safetensors, tokenizer), atomically.
+
+    A LoRA checkpoint (model/adapter_config.json) exports the base with the adapter merged, or with `adapter` the
+    PEFT adapter folder (adapter_config.json + adapter_model.safetensors); the base is adapter_config's
+    base_model_name_or_path (the run's model.path) unless `base` names it.
 
     The ZeRO-3 shards are merged on the CPU by DeepSpeed's zero_to_fp32 (no process group, no GPU), then cast to
     the model's saved dtype. The model is written into a fresh temporary folder beside `out_dir` and renamed into
@@ -198,11 +204,9 @@ def export_hf(ckpt: Path, out_dir: Path, *, overwrite: bool = False) -> Path:
         FileNotFoundError: `ckpt` is not a complete checkpoint, or lacks its model/ or policy/ part.
         ValueError: `out_dir` may not receive the export (check_export_target).
     """
-    import tempfile
-
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     ckpt, out_dir = Path(ckpt), Path(out_dir)
     if not is_complete(ckpt):
@@ -211,6 +215,11 @@ def export_hf(ckpt: Path, out_dir: Path, *, overwrite: bool = False) -> Path:
         if not (ckpt / part).is_dir():
             raise FileNotFoundError(f"{ckpt} has no {part}/ directory: it was not written by `sposd train`")
     check_export_target(ckpt, out_dir, overwrite=overwrite)
+    if is_lora_checkpoint(ckpt):
+        return _export_lora(ckpt, out_dir, adapter=adapter, base=base)
+    if adapter:
+        raise ValueError(f"{ckpt} is a full fine-tuning checkpoint (no model/adapter_config.json): export it "
+                         "without --adapter")
     config = AutoConfig.from_pretrained(ckpt / "model")
     state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="policy")
     model = AutoModelForCausalLM.from_config(config)
@@ -220,10 +229,20 @@ def export_hf(ckpt: Path, out_dir: Path, *, overwrite: bool = False) -> Path:
         raise ValueError(f"{ckpt}: parameters do not match the model: missing {missing}, unexpected {unexpected}")
     dtype = getattr(config, "torch_dtype", None) or getattr(config, "dtype", None) or torch.float32
     model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    return _write_export(ckpt, out_dir, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
+
+
+def _write_export(ckpt: Path, out_dir: Path, write) -> Path:
+    """`write(tmp)` into a fresh folder beside `out_dir`, then the checkpoint's tokenizer and the export marker,
+    then the rename into place."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=out_dir.parent))  # ours alone
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        write(tmp)
         try:
             AutoTokenizer.from_pretrained(ckpt / "model").save_pretrained(tmp)
         except (OSError, ValueError):  # a checkpoint of a model saved without a tokenizer: weights only
@@ -234,6 +253,31 @@ def export_hf(ckpt: Path, out_dir: Path, *, overwrite: bool = False) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def is_lora_checkpoint(ckpt: Path) -> bool:
+    """A LoRA run's checkpoint: its policy/ holds the adapter only, model/ its adapter_config.json."""
+    from sposd.models.lora import ADAPTER_CONFIG
+
+    return (Path(ckpt) / "model" / ADAPTER_CONFIG).is_file()
+
+
+def _export_lora(ckpt: Path, out_dir: Path, *, adapter: bool, base: str | None) -> Path:
+    """A LoRA checkpoint as the merged Hugging Face model (the base's dtype), or as a PEFT adapter folder."""
+    import torch
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoConfig
+
+    from sposd.models.lora import adapter_base_path, adapter_model, save_merged
+
+    base_path = adapter_base_path(ckpt / "model", base)
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="policy", exclude_frozen_parameters=True)
+    peft_model = adapter_model(ckpt / "model", base=base_path, adapter_weights=dict(state))
+    if adapter:
+        return _write_export(ckpt, out_dir, lambda tmp: peft_model.save_pretrained(tmp, safe_serialization=True))
+    dtype = getattr(AutoConfig.from_pretrained(ckpt / "model"), "dtype", None) or torch.float32
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    return _write_export(ckpt, out_dir, lambda tmp: save_merged(peft_model, tmp, dtype=dtype))
 
 
 def _replace_with(new: Path, out_dir: Path) -> None:

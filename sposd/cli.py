@@ -22,7 +22,7 @@ commands:
 
   plan     the memory a train run needs per rank, and whether it fits (no GPU needed):
            sposd plan model=qwen3-8b hardware=gpu8 [--gpu-gib 80] [--json]
-  export   write a Hugging Face model from a training checkpoint: sposd export <checkpoint> <dir>
+  export   write a Hugging Face model from a training checkpoint: sposd export <checkpoint> <dir> [--adapter]
   report   table + plots of final and best metrics over a run or sweep: sposd report <dir>
   inspect  an HTML page of the distillation signal, token by token (runs trained with train.inspect.every=N):
            sposd inspect <run dir> [--step N] [--out page.html]
@@ -374,6 +374,10 @@ def _export_app() -> None:
     ap.add_argument("checkpoint", type=Path, help="a checkpoints/step_N directory, or a run directory (its newest)")
     ap.add_argument("out", type=Path, help="output folder: new, empty, or an earlier export (with --overwrite)")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier `sposd export` in OUT")
+    ap.add_argument("--adapter", action="store_true",
+                    help="a LoRA checkpoint: the PEFT adapter (adapter_config.json + weights), not the merged model")
+    ap.add_argument("--base", default=None,
+                    help="a LoRA checkpoint's base model (default: the run's model.path, from its adapter_config.json)")
     args = ap.parse_args(sys.argv[1:])
     from sposd.checkpoint import check_export_target, export_hf, resolve_resume
     from sposd.errors import UserError
@@ -385,7 +389,7 @@ def _export_app() -> None:
         ckpt = resolve_resume(str(args.checkpoint), args.checkpoint)
         check_export_target(ckpt, args.out, overwrite=args.overwrite)  # before DeepSpeed loads
         check_writable(args.out, "out")
-        out = export_hf(ckpt, args.out, overwrite=args.overwrite)
+        out = export_hf(ckpt, args.out, overwrite=args.overwrite, adapter=args.adapter, base=args.base)
     except (FileNotFoundError, ValueError, UserError) as e:
         _die(str(e))
     except OSError as e:

@@ -95,12 +95,52 @@ class ModelShapeCfg:
     tie_word_embeddings: bool = False
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(kw_only=True)
+class LoraCfg:
+    """A LoRA adapter on the policy (peft), trained under ZeRO-3 with the base frozen; rank 0 = full fine-tuning.
+
+    alpha: peft's lora_alpha (the update is scaled by alpha / rank); null = 2 x rank.
+    dropout: on the adapter's input; > 0 makes the learner's log-probs noisy, so the stale-weight alarm
+        (`actor/rollout_logp_abs_diff`) then reads the dropout too.
+    targets: the linear layers (last name component) that get an adapter.
+    """
+
+    rank: int = 0
+    alpha: float | None = None
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            raise ValueError(f"model.lora.rank must be >= 0 (0 = full fine-tuning), got {self.rank}")
+        if self.alpha is not None and not self.alpha > 0:
+            raise ValueError(f"model.lora.alpha must be > 0 (or null = 2 x rank), got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.rank and not self.targets:
+            raise ValueError(f"model.lora.targets is empty; name linear layers, e.g. {LORA_TARGETS}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+    @property
+    def scale_alpha(self) -> float:
+        return float(self.alpha if self.alpha is not None else 2 * self.rank)
+
+
 @dataclass(kw_only=True)
 class ModelCfg:
     """What to train: a Hugging Face id or local directory, or 'builtin' for the embedded tiny model.
 
     max_teacher_prompt_len caps a teacher's context (privileged message) in tokens; null = max_prompt_len +
     max_new_tokens (room for a witness as long as a completion). Longer contexts are skipped and counted.
+    lora: train a LoRA adapter instead of every parameter (`LoraCfg`; rank 0 = full fine-tuning).
+    adapter: `sposd eval` only: a PEFT adapter folder evaluated on model.path as its base (merged first). An
+        adapter folder given as model.path itself finds its base in its adapter_config.json.
     """
 
     name: str = MISSING
@@ -112,6 +152,8 @@ class ModelCfg:
     max_new_tokens: int = 64
     max_teacher_prompt_len: int | None = None
     gradient_checkpointing: bool = False
+    lora: LoraCfg = field(default_factory=LoraCfg)
+    adapter: str | None = None
     builtin: BuiltinModelCfg = field(default_factory=BuiltinModelCfg)
     shape: ModelShapeCfg = field(default_factory=ModelShapeCfg)
 
@@ -608,6 +650,17 @@ class TrainCfg:
                 f"hardware.micro_batch_tokens={self.hardware.micro_batch_tokens} is below {floor} (one sequence of "
                 f"model.max_prompt_len + model.max_new_tokens, at most 1024): each micro-batch would hold a fraction "
                 f"of a sequence's budget; use >= {floor}"
+            )
+        if self.model.adapter is not None:
+            raise ValueError(
+                "model.adapter is for `sposd eval`; a training run starts from model.path (export an adapter "
+                "merged with `sposd export` to continue from it)"
+            )
+        if self.model.lora.enabled and a.distill.enabled and a.distill.teacher in ("ema", "periodic"):
+            raise ValueError(
+                f"algo.distill.teacher={a.distill.teacher} with model.lora.rank={self.model.lora.rank} is not "
+                "supported (a LoRA run's teacher is the policy or the base model with the adapter off): use "
+                "algo.distill.teacher=current or initial, or model.lora.rank=0"
             )
 
 

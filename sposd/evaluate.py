@@ -51,14 +51,15 @@ def evaluate(cfg: EvalAppCfg, run_dir: Path, *, engine=None, verifier=None, prog
         progress: show a progress bar (problems, samples/s, running Avg@k).
     """
     from sposd.logging import quiet_libraries
-    from sposd.models.paths import context_length, load_tokenizer, resolve_model_path
+    from sposd.models.paths import context_length, load_tokenizer
 
     quiet_libraries(cfg.hardware.device, verbose=cfg.verbose)
     ev = cfg.eval
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    # 1. the model, its tokenizer and every benchmark's prompts
-    model_path = resolve_model_path(cfg.model, data=cfg.data, cache_dir=cfg.cache_dir)
+    # 1. the model (an adapter is merged into its base first: vLLM serves a plain model), its tokenizer and
+    # every benchmark's prompts
+    model_path = eval_model_path(cfg, run_dir)
     tokenizer = load_tokenizer(model_path, cfg.model)
     benches = load_benchmarks(cfg.benchmarks, ev, data=cfg.data, seed=cfg.seed, tokenizer=tokenizer)
     ctx = context_length(model_path, trust_remote_code=cfg.model.trust_remote_code)
@@ -124,6 +125,25 @@ def evaluate(cfg: EvalAppCfg, run_dir: Path, *, engine=None, verifier=None, prog
 
 
 # ---- the shared path: sample, grade, make rows ---------------------------------------------------------
+def eval_model_path(cfg: EvalAppCfg, run_dir: Path) -> str:
+    """The model folder vLLM evaluates: model.path resolved, or a PEFT adapter merged into its base under
+    run_dir/merged_model (`sposd.models.lora.eval_adapter` says which adapter and base)."""
+    from sposd.errors import UserError
+    from sposd.models.lora import eval_adapter, merge_adapter_folder
+    from sposd.models.paths import resolve_model_path
+
+    try:
+        adapter = eval_adapter(cfg.model)
+        if adapter is None:
+            return resolve_model_path(cfg.model, data=cfg.data, cache_dir=cfg.cache_dir)
+        folder, base = adapter
+        if base is not None:
+            base = resolve_model_path(cfg.model, data=cfg.data, cache_dir=cfg.cache_dir)
+        return merge_adapter_folder(folder, base=base, out_dir=run_dir / "merged_model")
+    except ValueError as e:
+        raise UserError(str(e)) from e
+
+
 def eval_sampling(ev: EvalCfg) -> SamplingCfg:
     """vLLM sampling of an evaluation (per-request seeds unset: the engine seed decides, samples differ)."""
     return SamplingCfg(

@@ -297,12 +297,26 @@ def preflight_train(cfg, run_dir: Path | None) -> Path | None:
     return moved
 
 
+def _check_eval_model(model) -> None:
+    """model.path (or, for an adapter, the adapter folder and its base) can be evaluated."""
+    from sposd.models.lora import adapter_base_path, eval_adapter
+
+    try:
+        adapter = eval_adapter(model)
+        if adapter is not None and model.adapter is None:  # the base its adapter_config.json names
+            adapter_base_path(adapter[0])
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    if adapter is None or model.adapter is not None:
+        check_model_folder(model)
+
+
 def preflight_eval(cfg, run_dir: Path) -> None:
     """Everything `sposd eval` can check before loading a model."""
     check_writable(run_dir, "hydra.run.dir")
     check_eval_run_dir(run_dir)
     check_hardware(cfg.hardware, ranks=False)
-    check_model_folder(cfg.model)
+    _check_eval_model(cfg.model)
     if cfg.model.path == "builtin":
         check_writable(Path(cfg.cache_dir), "cache_dir")
     check_local_benchmarks(cfg.benchmarks, cfg.eval, data=cfg.data, seed=cfg.seed)

@@ -46,6 +46,7 @@ WORKSPACE = {
     "afile": "not a folder\n",
     "model_noweights/config.json": "{}",
     "model_noconfig/model.safetensors": "weights",
+    "adapter_nobase/adapter_config.json": json.dumps({"base_model_name_or_path": "/nonexistent/base", "r": 8}),
     "data/good.jsonl": "".join(json.dumps(r) + "\n" for r in GOOD),
     "data/bad_json.jsonl": json.dumps(GOOD[0]) + "\n{not json\n",
     "data/no_answer.jsonl": json.dumps({"problem": "1+1"}) + "\n",
@@ -165,6 +166,10 @@ TRAIN = [
     ("model-no-weights", [f"model.path={W}/model_noweights"], "has config.json but no weights"),
     ("model-no-config", [f"model.path={W}/model_noconfig"], "without config.json"),
     ("model-is-file", [f"model.path={W}/afile"], "is a file"),
+    ("lora-rank", ["model.lora.rank=-1"], "model.lora.rank must be >= 0 (0 = full fine-tuning), got -1"),
+    ("lora-ema-teacher", ["model.lora.rank=8", "algo.distill.teacher=ema"], "with model.lora.rank=8 is not supported"),
+    ("lora-no-targets", ["model.lora.rank=8", "model.lora.targets=[]"], "model.lora.targets is empty"),
+    ("adapter-in-train", [f"model.adapter={W}/adapter_nobase"], "model.adapter is for `sposd eval`"),
     ("multirun-first-point", ["-m", "optim.lr=-1,1e-4"], "optim.lr must be > 0"),
     ("multirun-typo", ["-m", "seed=0,1", "algo.clip_hgih=0.3"], "did you mean algo.clip_high?"),
 ]
@@ -201,6 +206,8 @@ EVAL = [
     ("model-missing", [f"model.path={W}/nomodel"], "does not exist"),
     ("vllm-tp-cpu", ["hardware=cpu", "hardware.vllm_tp=2"], "hardware.vllm_tp=2"),
     ("gpu1-without-gpu", ["hardware=gpu1"], "this machine has none"),
+    ("adapter-without-config", [f"model.adapter={W}/foreign"], "has no adapter_config.json"),
+    ("adapter-base-missing", [f"model.path={W}/adapter_nobase"], "'/nonexistent/base' (from adapter_config.json)"),
 ]
 NEEDS_NO_GPU = ("gpu1-without-gpu", "gpu8-without-gpu")
 GRADE = [
@@ -227,6 +234,7 @@ EXPORT = [
     ("into-file", [f"{W}/run", f"{W}/afile"], "is a file"),
     ("under-file", [f"{W}/run", f"{W}/afile/out"], "is a file, not a folder"),
     ("keyword", ["auto", f"{W}/out"], "does not exist"),
+    ("adapter-of-full-checkpoint", [f"{W}/run/checkpoints/step_2", f"{W}/out", "--adapter"], "full fine-tuning"),
     ("no-args", [], "the following arguments are required"),
 ]
 REPORT = [
@@ -251,6 +259,8 @@ HEAVY_ONLY = {
     "a corrupt safetensors file or a config.json transformers cannot parse": "needs transformers to load the model",
     "a model too large for the GPU / KV cache too small": "known only once vLLM profiles memory",
     "a benchmark prompt longer than the model's context": "needs the tokenizer and the model's config",
+    "model.lora.targets naming no linear layer of the model": "needs the model's modules; one line when the learner "
+    "loads, before DeepSpeed",
 }
 
 

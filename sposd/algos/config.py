@@ -432,42 +432,27 @@ class AdvModCfg:
             raise ValueError(f"algo.adv_mod.gopd_lambda must be > 0, got {self.gopd_lambda}")
 
 
-@dataclass(kw_only=True)
-class LoraCfg:
-    """A LoRA adapter as a recipe declares it (r 0 = none). Not applied yet: see `recipe_warnings`."""
-
-    r: int = 0
-    alpha: float = 0.0
-    target_modules: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        _at_least("lora.r", self.r, 0)
-        _at_least("lora.alpha", self.alpha, 0)
-
-
 REAL_MODEL_MAX_LR = 1e-5
 
 
-def recipe_warnings(algo: AlgoCfg, *, model_path: str, lr: float, model_name: str = "") -> list[str]:
-    """One line per thing a run should say at start (and in config.yaml): a real model with an lr above 1e-5, and a
-    recipe's LoRA adapter that is not applied.
+def recipe_warnings(
+    algo: AlgoCfg, *, model_path: str, lr: float, model_name: str = "", lora_rank: int = 0
+) -> list[str]:
+    """One line per thing a run should say at start (and in config.yaml): a real model trained in full at an lr
+    above 1e-5.
 
     Args:
         algo: the algorithm config.
         model_path: model.path ("builtin" = the embedded tiny model, which trains at 1e-4 on purpose).
         lr: optim.lr.
         model_name: model.name ("tiny": the tiny preset pointed at a local copy, e.g. in tests; no lr warning).
+        lora_rank: model.lora.rank (> 0: a LoRA adapter, which usually trains at higher rates; no lr warning).
     """
     out = []
-    if model_path != "builtin" and model_name != "tiny" and lr > REAL_MODEL_MAX_LR:
+    if model_path != "builtin" and model_name != "tiny" and not lora_rank and lr > REAL_MODEL_MAX_LR:
         out.append(
             f"optim.lr={lr:g} is above {REAL_MODEL_MAX_LR:g} for a real model ({model_path}): full-parameter RL at "
             "this rate usually collapses; the Qwen3 presets default to 1e-6 (set optim.lr to silence this)"
-        )
-    if algo.lora.r > 0:
-        out.append(
-            f"the {algo.name} recipe declares LoRA (r {algo.lora.r}, alpha {algo.lora.alpha:g}), which is not "
-            "available yet: this run trains all parameters (algo.lora.r=0 silences this)"
         )
     return out
 
@@ -503,9 +488,6 @@ class AlgoCfg:
             its special tokens removed, as its vLLM path produced).
         student_thinking: the chat template's thinking switch for the student's prompt (rollouts and learner);
             null = model.enable_thinking. OPSD-v3 trains a non-thinking student (`student_thinking=False`).
-        lora: the recipe's LoRA adapter (r 0 = full-parameter training). Declared by recipes that use one (OPSD:
-            r 64, alpha 128); LoRA training is not available yet, so a run with r > 0 says so at start and trains
-            all parameters.
         distill: the self-distillation term (`DistillCfg`); off unless distill.coef > 0.
         adv_mod: an advantage modifier of the RL term (`AdvModCfg`); off unless adv_mod.kind != "none".
     """
@@ -530,7 +512,6 @@ class AlgoCfg:
     num_minibatches: int = 1
     student_prompt: str = "chat_template"
     student_thinking: bool | None = None
-    lora: LoraCfg = field(default_factory=LoraCfg)
     distill: DistillCfg = field(default_factory=DistillCfg)
     adv_mod: AdvModCfg = field(default_factory=AdvModCfg)
 

@@ -159,7 +159,8 @@ def initialize_policy(model, *, optim, total_steps: int, cfg: dict, device: str)
     import deepspeed
 
     offload = "offload_optimizer" in cfg["zero_optimization"]
-    opt = build_optimizer(model.parameters(), optim, offload=offload, device=device)
+    # only what trains: every parameter for full fine-tuning, the adapters for LoRA (the base is frozen)
+    opt = build_optimizer([p for p in model.parameters() if p.requires_grad], optim, offload=offload, device=device)
 
     def schedule(o):
         return torch.optim.lr_scheduler.LambdaLR(
@@ -224,16 +225,21 @@ def save_hf(module: torch.nn.Module, out_dir: str | Path, *, rank: int, tokenize
     return out_dir
 
 
-def save_policy_state(engine, ckpt_dir: Path, *, optimizer_steps: int) -> None:
-    """DeepSpeed's own checkpoint under `ckpt_dir/policy` (parameter and optimizer shards, the LR schedule)."""
+def save_policy_state(engine, ckpt_dir: Path, *, optimizer_steps: int, trainable_only: bool = False) -> None:
+    """DeepSpeed's own checkpoint under `ckpt_dir/policy` (parameter and optimizer shards, the LR schedule).
+
+    trainable_only: leave frozen parameters out (a LoRA run: the adapter and its optimizer state; the base is
+        the starting model, read again on resume and export).
+    """
     engine.save_checkpoint(str(ckpt_dir), tag="policy", client_state={"optimizer_steps": optimizer_steps},
-                           save_latest=False)
+                           save_latest=False, exclude_frozen_parameters=trainable_only)
 
 
-def load_policy_state(engine, ckpt_dir: Path) -> int:
+def load_policy_state(engine, ckpt_dir: Path, *, trainable_only: bool = False) -> int:
     """Restore what `save_policy_state` wrote (the same world size); returns the optimizer steps taken."""
     path, client = engine.load_checkpoint(
-        str(ckpt_dir), tag="policy", load_optimizer_states=True, load_lr_scheduler_states=True
+        str(ckpt_dir), tag="policy", load_optimizer_states=True, load_lr_scheduler_states=True,
+        load_module_strict=not trainable_only,
     )
     if path is None:
         raise FileNotFoundError(f"{ckpt_dir}/policy holds no DeepSpeed checkpoint for this world size")

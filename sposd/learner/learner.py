@@ -27,6 +27,7 @@ import torch
 
 from sposd import dist as sdist
 from sposd.algos.base import DistillBatch, Normalizer, PolicyBatch
+from sposd.errors import UserError
 from sposd.learner import passes
 from sposd.learner.batching import LearnerSample, collate
 from sposd.learner.deepspeed import (
@@ -53,6 +54,7 @@ from sposd.learner.plan import (
     summarize,
 )
 from sposd.learner.teacher import TeacherWeights
+from sposd.models.lora import DEFAULT_ADAPTER, AdapterDisabled, apply_lora
 from sposd.ops.logprobs import sampled_token_logprobs
 
 
@@ -67,6 +69,8 @@ class DeepSpeedLearner:
         loss_temperature: logits are divided by this before log-softmax (= rollout temperature).
         rollout_top_k, rollout_top_p: the rollout's truncation; the stale-weight alarm compares vLLM's log-probs
             with the learner's under the same truncated distribution (vLLM's `processed_logprobs`).
+        lora: a `LoraCfg` (rank > 0: peft adapters on its targets, the base frozen; the initial teacher and the KL
+            reference are then the policy with the adapter off, `sposd.models.lora.AdapterDisabled`), or None.
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class DeepSpeedLearner:
         balance_ranks: bool = True,
         rollout_top_k: int = -1,
         rollout_top_p: float = 1.0,
+        lora=None,
         share_prompts: bool = True,
     ) -> None:
         use_cached_torch_extensions()
@@ -109,14 +114,28 @@ class DeepSpeedLearner:
             fp32_grad_accum=fp32_grad_accum,
         )
         model = load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code, ds_cfg=cfg)
+        self.lora = lora if lora is not None and lora.rank > 0 else None
+        self.peft_model = None
+        if self.lora is not None:  # before DeepSpeed: it partitions (and optimises) the adapters with the rest
+            self.peft_model = apply_lora(model, rank=self.lora.rank, alpha=self.lora.scale_alpha,
+                                         dropout=self.lora.dropout, targets=list(self.lora.targets))
+            model = self.peft_model.base_model.model  # the model itself, adapters injected: HF names and passes
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            # non-reentrant (transformers' default), which also makes the embeddings' output require grad, so a
+            # frozen base still back-propagates into the adapters; DeepSpeed >= 0.19.3 keeps frozen parameters
+            # gathered through the recompute (DeepSpeed#8148, transformers#47254)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+        # from_pretrained returns a model in eval mode, where transformers' layers skip checkpointing altogether
+        # (`self.gradient_checkpointing and self.training`): the policy trains in train mode (Qwen3's dropout is 0)
+        model.train()
         self.engine, self.optimizer, self.scheduler = initialize_policy(
             model, optim=optim, total_steps=total_steps, cfg=cfg, device=device
         )
 
         def make_copy():
+            if self.peft_model is not None:
+                return self._base_model_engine(algo.teacher_weights)
             return frozen_copy(model_path, dtype=dtype, trust_remote_code=trust_remote_code, cfg=cfg)
 
         self.ref = make_copy() if algo.needs_ref else None
@@ -146,6 +165,16 @@ class DeepSpeedLearner:
     @property
     def module(self) -> torch.nn.Module:
         return self.engine.module
+
+    def _base_model_engine(self, teacher_kind: str | None) -> AdapterDisabled:
+        """A LoRA run's starting model: the policy's engine with the adapter off (no second copy of the weights).
+        EMA and periodic teachers would need a second adapter; they are refused."""
+        if teacher_kind in ("ema", "periodic"):
+            raise UserError(
+                f"teacher weights {teacher_kind!r} are not supported with LoRA (model.lora.rank="
+                f"{self.lora.rank}): use teacher current or initial (the base model with the adapter off)"
+            )
+        return AdapterDisabled(self.engine, self.peft_model)
 
     def _dev(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.engine.device, non_blocking=True)
@@ -426,14 +455,19 @@ class DeepSpeedLearner:
 
         DeepSpeed's own checkpoint under `policy/` (ZeRO-3 parameter and optimizer shards, the LR schedule), and
         for an EMA / periodic teacher this rank's shard of it. A frozen initial teacher or reference model needs
-        nothing: it is the starting model.
+        nothing: it is the starting model. A LoRA policy saves its adapter and the adapter's optimizer state only
+        (the frozen base is the starting model, read again on resume), plus model/adapter_config.json (rank,
+        alpha, targets, the base model's path) for `sposd export`.
         """
-        save_policy_state(self.engine, ckpt_dir, optimizer_steps=self.optimizer_steps)
+        save_policy_state(self.engine, ckpt_dir, optimizer_steps=self.optimizer_steps,
+                          trainable_only=self.lora is not None)
+        if self.peft_model is not None and self.rank == 0:  # what export needs besides the adapter: its base
+            self.peft_model.peft_config[DEFAULT_ADAPTER].save_pretrained(str(Path(ckpt_dir) / "model"))
         self.teacher_weights.save(ckpt_dir, rank=self.rank)
 
     def load_state(self, ckpt_dir: Path) -> None:
         """Restore what `save_state` wrote (the same world size; DeepSpeed's shards are per rank)."""
-        self.optimizer_steps = load_policy_state(self.engine, ckpt_dir)
+        self.optimizer_steps = load_policy_state(self.engine, ckpt_dir, trainable_only=self.lora is not None)
         self.teacher_weights.load(ckpt_dir, rank=self.rank)
 
     # ---- export --------------------------------------------------------------------------------------

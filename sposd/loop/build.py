@@ -254,10 +254,11 @@ def build(
 
 
 def recipe_warnings(cfg: TrainCfg) -> list[str]:
-    """What a recipe's settings mean for this model (an lr too high for a real model, LoRA not available yet)."""
+    """What a recipe's settings mean for this model (an lr too high for a real model trained in full)."""
     from sposd.algos.config import recipe_warnings as warnings_for
 
-    return warnings_for(cfg.algo, model_path=cfg.model.path, lr=cfg.optim.lr, model_name=cfg.model.name)
+    return warnings_for(cfg.algo, model_path=cfg.model.path, lr=cfg.optim.lr, model_name=cfg.model.name,
+                        lora_rank=cfg.model.lora.rank)
 
 
 def write_config(run_dir: Path, resolved_config: dict | None, *, is_main: bool, warnings_: list[str] = ()) -> None:
@@ -342,5 +343,6 @@ def build_learner(cfg: TrainCfg, model_path: str, *, algo, tokenizer):
         fp32_grad_accum=hw.fp32_grad_accum,
         rollout_top_k=cfg.rollout.top_k,
         rollout_top_p=cfg.rollout.top_p,
+        lora=cfg.model.lora,
         share_prompts=hw.share_prompts,
     )

@@ -3,6 +3,10 @@
 Under ZeRO-3 every rank holds 1/world of each parameter. All ranks walk the parameters in the same order,
 all-gather one bucket (`bucket_bytes` of full tensors) at a time and hand copies to their own engine, which
 consumes the stream lazily inside a single in-place reload. Peak extra memory is one bucket (+ one copy).
+
+A LoRA policy (`sposd.models.lora`) streams merged weights: a wrapped layer's base weight, A and B are gathered in
+the same bucket and leave as one tensor W + s B A under the base model's name, so vLLM (and a Hugging Face
+export) sees a plain model and samples at full speed; the merge costs one [out, r] x [r, in] product per layer.
 """
 
 from __future__ import annotations
@@ -13,16 +17,18 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+Named = list[tuple[str, nn.Parameter]]
 
-def _buckets(named: list[tuple[str, nn.Parameter]], bucket_bytes: int) -> Iterator[list[tuple[str, nn.Parameter]]]:
+
+def _buckets(units: list[Named], bucket_bytes: int) -> Iterator[Named]:
+    """Consecutive units (parameters that must travel together) packed into buckets of about `bucket_bytes`."""
     bucket, size = [], 0
-    for name, p in named:
-        numel = p.ds_numel if hasattr(p, "ds_numel") else p.numel()
-        nbytes = numel * p.element_size()
+    for unit in units:
+        nbytes = sum((p.ds_numel if hasattr(p, "ds_numel") else p.numel()) * p.element_size() for _, p in unit)
         if bucket and size + nbytes > bucket_bytes:
             yield bucket
             bucket, size = [], 0
-        bucket.append((name, p))
+        bucket.extend(unit)
         size += nbytes
     if bucket:
         yield bucket
@@ -34,17 +40,22 @@ def iter_gathered_params(
     """Yield (HF name, full tensor copy) for every parameter, gathering ZeRO-3 shards bucket by bucket.
 
     Every rank must exhaust this iterator (the gathers are collectives). Tied parameters appear once, under
-    the name HF checkpoints use, which is what vLLM's `load_weights` expects.
+    the name HF checkpoints use, which is what vLLM's `load_weights` expects. LoRA layers leave merged.
     """
     import deepspeed
 
+    from sposd.models.lora import lora_layouts, merge_lora_tensors, sync_units
+
     named = list(model.named_parameters())
+    layouts = lora_layouts(model)
     n_bytes, n_buckets = 0, 0
-    for bucket in _buckets(named, bucket_bytes):
+    for bucket in _buckets(sync_units(named, layouts), bucket_bytes):
         params = [p for _, p in bucket]
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
             # Copy inside the context: gathered params may be views into a buffer reused by the next gather.
             copies = [(name, p.data.detach().clone()) for name, p in bucket]
+        if layouts:
+            copies = merge_lora_tensors(copies, layouts)
         n_buckets += 1
         for name, t in copies:
             n_bytes += t.numel() * t.element_size()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from sposd.algos.config import AlgoCfg, LoraCfg, recipe_warnings
+from sposd.algos.config import AlgoCfg, recipe_warnings
 from sposd.config import TrainCfg, register_configs, register_resolvers, to_object
 from sposd.data.templates import OPEN_THINK, build_teacher_message
 
@@ -42,7 +42,10 @@ def test_opsd_recipe_on_a_real_model():
     assert (cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k) == (1.1, 0.95, 20)
     assert cfg.model.max_new_tokens == 1024 and cfg.train.checkpoint.every == 25
     a, d = cfg.algo, cfg.algo.distill
-    assert (a.group_size, a.rl_coef, a.student_thinking, a.lora.r, a.lora.alpha) == (1, 0.0, False, 64, 128)
+    assert (a.group_size, a.rl_coef, a.student_thinking) == (1, 0.0, False)
+    lora = cfg.model.lora  # OPSD's adapter on a real model; its fixed teacher is the base with the adapter off
+    assert (lora.rank, lora.alpha, lora.dropout) == (64, 128, 0.0)
+    assert lora.targets == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert (d.divergence, d.support, d.clip_max, d.clip_mode, d.teacher) == ("fkl", "full", 0.05, "element", "initial")
     assert (d.wrapper, d.teacher_thinking, d.think_boundary) == ("opsd_v3", True, "open_think")
     assert d.loss_temperature is None  # = the rollout temperature 1.1
@@ -52,6 +55,8 @@ def test_recipe_knobs_do_not_reach_the_toy_budget():
     cfg = _compose("algo=opsd")
     assert (cfg.optim.lr, cfg.num_steps, cfg.prompts_per_step, cfg.model.max_new_tokens) == (1e-4, 150, 16, 48)
     assert cfg.rollout.temperature == 1.1  # sampling and the clip are the recipe's
+    assert cfg.model.lora.rank == 0  # the toy trains in full; a recipe's adapter is for real models
+    assert _compose("algo=opsd", "model.lora.rank=8").model.lora.rank == 8
     # the command line still wins over every layer
     assert _compose("algo=opsd", "model=qwen3-8b", "optim.lr=2e-6").optim.lr == 2e-6
 
@@ -62,12 +67,12 @@ def test_every_algorithm_composes_on_a_real_model():
         assert cfg.algo.name == path.stem and cfg.optim.lr <= 1e-5
 
 
-def test_warnings_for_a_real_model_above_1e_5_and_for_lora():
-    algo = AlgoCfg(name="opsd", lora=LoraCfg(r=64, alpha=128))
+def test_warnings_for_a_real_model_above_1e_5_trained_in_full():
+    algo = AlgoCfg(name="opsd")
     lines = recipe_warnings(algo, model_path="Qwen/Qwen3-8B", lr=1e-4)
-    assert len(lines) == 2
+    assert len(lines) == 1
     assert "optim.lr=0.0001 is above 1e-05" in lines[0] and "Qwen/Qwen3-8B" in lines[0]
-    assert "LoRA (r 64, alpha 128), which is not available yet" in lines[1]
+    assert recipe_warnings(algo, model_path="Qwen/Qwen3-8B", lr=1e-4, lora_rank=64) == []  # adapters train faster
     assert recipe_warnings(AlgoCfg(), model_path="builtin", lr=1e-4) == []  # the toy trains at 1e-4 on purpose
 
 
