@@ -222,6 +222,15 @@ class VLLMEngine:
         return [plp[i][ids[i]].logprob for i in range(len(prompt_ids), len(ids))]
 
     # ---- weights -------------------------------------------------------------------------------------
+    @property
+    def loads_in_place(self) -> bool:
+        """Whether the worker copies each synced tensor into place as it arrives (`worker_ext.loads_in_place`): the
+        sync then streams the gathered tensors without copying them first."""
+        from sposd.rollout.worker_ext import loads_in_place
+
+        cfg = self._llm.llm_engine.vllm_config
+        return loads_in_place(cfg.device_config.device_type, cfg.model_config.quantization)
+
     def load_weights(self, named: Iterable[tuple[str, Tensor]]) -> None:
         """Stream new weights into the worker in place, then drop cached KV blocks computed with old weights."""
         self._llm.collective_rpc("sposd_reload_weights", args=(named,))

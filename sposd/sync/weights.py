@@ -35,12 +35,17 @@ def _buckets(units: list[Named], bucket_bytes: int) -> Iterator[Named]:
 
 
 def iter_gathered_params(
-    model: nn.Module, *, bucket_bytes: int = 256 << 20, stats: dict | None = None
+    model: nn.Module, *, bucket_bytes: int = 256 << 20, stats: dict | None = None, copy: bool = True
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (HF name, full tensor copy) for every parameter, gathering ZeRO-3 shards bucket by bucket.
+    """Yield (HF name, full tensor) for every parameter, gathering ZeRO-3 shards bucket by bucket.
 
     Every rank must exhaust this iterator (the gathers are collectives). Tied parameters appear once, under
     the name HF checkpoints use, which is what vLLM's `load_weights` expects. LoRA layers leave merged.
+
+    Args:
+        copy: yield copies, valid after the next bucket is gathered. False yields the gathered tensors themselves
+            while their gather is open: only for a consumer that copies each tensor before asking for the next
+            (vLLM's one-copy `load_weights` on CUDA: `sposd.rollout.worker_ext.loads_in_place`), one copy fewer.
     """
     import deepspeed
 
@@ -52,6 +57,13 @@ def iter_gathered_params(
     for bucket in _buckets(sync_units(named, layouts), bucket_bytes):
         params = [p for _, p in bucket]
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            if not copy:  # the consumer copies each tensor now, while the gather holds it
+                views = [(name, p.data.detach()) for name, p in bucket]
+                n_buckets += 1
+                for name, t in merge_lora_tensors(views, layouts) if layouts else views:
+                    n_bytes += t.numel() * t.element_size()
+                    yield name, t
+                continue
             # Copy inside the context: gathered params may be views into a buffer reused by the next gather.
             copies = [(name, p.data.detach().clone()) for name, p in bucket]
         if layouts:
@@ -66,10 +78,12 @@ def iter_gathered_params(
 
 
 def push_weights(model: nn.Module, engine, *, bucket_bytes: int = 256 << 20) -> dict[str, float]:
-    """Stream the learner's current weights into `engine.load_weights`; returns timing/size metrics."""
+    """Stream the learner's current weights into `engine.load_weights`; returns timing/size metrics. An engine whose
+    `loads_in_place` is true gets the gathered tensors without a copy (`iter_gathered_params(copy=False)`)."""
     t0 = time.perf_counter()
     stats: dict = {}
-    engine.load_weights(iter_gathered_params(model, bucket_bytes=bucket_bytes, stats=stats))
+    copy = not getattr(engine, "loads_in_place", False)
+    engine.load_weights(iter_gathered_params(model, bucket_bytes=bucket_bytes, stats=stats, copy=copy))
     dt = time.perf_counter() - t0
     return {
         "sync/gb": stats.get("bytes", 0) / 1e9,

@@ -76,6 +76,7 @@ def test_vllm_matches_learner_before_and_after_a_step(stack):
     ]
     metrics = learner.train_step(samples, max_len=12)
     assert metrics["actor/rollout_logp_abs_diff"] < 1e-4  # learner and vLLM agreed before the update
+    assert engine.loads_in_place is False  # the CPU backend repacks: copies into the layerwise reload
     stats = push_weights(learner.module, engine, bucket_bytes=16 << 10)  # many small buckets
     assert stats["sync/buckets"] > 3
 

@@ -164,3 +164,28 @@ def test_save_hf_keeps_host_copies_on_rank_zero_only(tiny_model_dir, tmp_path):
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
     for n, t in start.items():
         torch.testing.assert_close(saved[n], t, atol=0, rtol=0)
+
+
+@pytest.mark.integration
+def test_uncopied_sync_stream_equals_the_copied_one_for_a_consumer_that_copies(tiny_model_dir):
+    # copy=False hands out the gathered tensors while their gather is open (vLLM's one-copy load on CUDA);
+    # a consumer that copies each one as it arrives receives exactly what the copied stream gives, in order
+    import gc
+
+    from sposd.sync.weights import iter_gathered_params
+
+    learner = _grpo_learner(tiny_model_dir)
+    try:
+        learner.train_step(SAMPLES, max_len=8)  # weights that differ from the file's
+        copied_stats, direct_stats = {}, {}
+        copied = [(n, t) for n, t in iter_gathered_params(learner.module, bucket_bytes=1 << 16, stats=copied_stats)]
+        direct = [
+            (n, t.clone())
+            for n, t in iter_gathered_params(learner.module, bucket_bytes=1 << 16, stats=direct_stats, copy=False)
+        ]
+        assert [n for n, _ in direct] == [n for n, _ in copied]
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(direct, copied, strict=True))
+        assert direct_stats == copied_stats and copied_stats["buckets"] > 1
+    finally:
+        del learner
+        gc.collect()
