@@ -125,6 +125,7 @@ def test_two_cpu_ranks_ssopd_keeps_teacher_passes_in_step(tmp_path):
         "save_final=false",
         "model.max_new_tokens=48",
         "hardware.micro_batch_tokens=1024",
+        "train.inspect.every=1",
         *EVAL,
         timeout=600,
     )
@@ -135,3 +136,11 @@ def test_two_cpu_ranks_ssopd_keeps_teacher_passes_in_step(tmp_path):
     assert sum(r["distill/targets"] for r in rows) > 0
     assert all(r["actor/rollout_logp_abs_diff"] < 1e-4 for r in rows)
     _check_eval(run)  # each rank evaluated 2 of the 4 problems; rank 0 gathered all 8 samples
+    # `sposd inspect`'s records: rank 0 gathered every rank's marked rows of each step with distilled rows
+    from sposd.inspect.records import load_step, recorded_steps
+
+    steps = recorded_steps(run)
+    assert steps and set(steps) <= {1, 2}
+    recorded = [row for s in steps for row in load_step(run, s)]
+    assert recorded and {row["rank"] for row in recorded} <= {0, 1}
+    assert all(row["step"] in steps for row in recorded)
