@@ -60,7 +60,7 @@ class BuiltinModelCfg:
     warmstart_steps: int = 1000
     warmstart_lr: float = 3e-3
     warmstart_batch_size: int = 32
-    privileged_frac: float = 0.2
+    privileged_frac: float = 0.35
     seed: int = 0
 
     def __post_init__(self) -> None:
