@@ -53,6 +53,7 @@ GRIDS: dict[str, dict] = {
         "seeds": [0, 1, 2, 3, 4],
         "budget": BUDGET,
         "baseline": "grpo",
+        "first": ["grpo", "ssopd"],
     },
     "ablations": {
         "question": "SSOPD's knobs on foreign-style references (each row changes one knob of the ssopd defaults)",
@@ -139,8 +140,16 @@ def train_command(cell: dict, seed: int, d: Path, budget: dict, g: int, extra: l
 
 
 def plan_runs(grid: dict, out: Path) -> list[tuple[dict, int, Path]]:
-    """Every (cell, seed, directory), seed-major: all cells of seed 0 first, so a partial study is balanced."""
-    return [(cell, s, run_dir(out, cell, s)) for s in grid["seeds"] for cell in grid["cells"]]
+    """Every (cell, seed, directory) in the order they run. The grid's `first` arms (the primary comparison) come
+    first, condition by condition, seed by seed (GRPO and SSOPD of seed 0, of seed 1, ...), so a partial study
+    answers the main question on the most seeds it can; then every other cell, seed-major."""
+    first = set(grid.get("first", []))
+    primary = [c for c in grid["cells"] if c["arm"] in first and not c.get("label")]
+    conditions = list(dict.fromkeys(c["condition"] for c in primary))
+    runs = [(c, s, run_dir(out, c, s)) for cond in conditions for s in grid["seeds"] for c in primary
+            if c["condition"] == cond]
+    rest = [c for c in grid["cells"] if c not in primary]
+    return runs + [(c, s, run_dir(out, c, s)) for s in grid["seeds"] for c in rest]
 
 
 def execute(runs: list[tuple[dict, int, Path]], budget: dict, *, jobs: int, extra: list[str], nice: int) -> None:
@@ -251,7 +260,8 @@ def markdown(name: str, grid: dict, rows: list[dict], n_done: int, n_all: int) -
         f"# Study `{name}`: {grid['question']}",
         "",
         f"Budget: {b['steps']} steps x {b['rollouts']} rollouts per step, held-out accuracy every {b['eval_every']} "
-        f"steps. Runs finished: {n_done} of {n_all}" + ("" if n_done == n_all else " (PARTIAL)") + ".",
+        f"steps. Runs finished: {n_done} of {n_all}"
+        + ("." if n_done == n_all else f" (PARTIAL: `python scripts/study.py --name {name} --jobs 2` finishes it)."),
         "Intervals: mean paired difference over seeds with a 95% t-interval.",
         "",
         f"| condition | arm | seeds | base | final | best | gain (final - base) | {base} diff, final | "

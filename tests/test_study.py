@@ -128,3 +128,15 @@ def test_train_command_splits_rollouts_by_group_size(study, tmp_path):
     with pytest.raises(SystemExit, match="not a multiple"):
         study.train_command({"arm": "grpo", "condition": "own"}, 0, tmp_path, {"steps": 5, "rollouts": 100,
                             "eval_every": 5}, 8, [])
+
+
+def test_primary_pair_runs_first_then_seed_major(study, tmp_path):
+    grid = dict(GRID, cells=[*GRID["cells"], {"arm": "opsd", "condition": "own"}, {"arm": "grpo", "condition": "none"},
+                             {"arm": "ssopd", "condition": "own", "label": "lambda=0.1"}], first=["grpo", "ssopd"])
+    order = [(c["condition"], study.cell_label(c), s) for c, s, _ in study.plan_runs(grid, tmp_path)]
+    assert order[:6] == [("own", "grpo", 0), ("own", "ssopd", 0), ("own", "grpo", 1), ("own", "ssopd", 1),
+                         ("own", "grpo", 2), ("own", "ssopd", 2)]
+    assert order[6:9] == [("none", "grpo", 0), ("none", "grpo", 1), ("none", "grpo", 2)]
+    assert order[9:] == [("own", "opsd", 0), ("own", "lambda=0.1", 0), ("own", "opsd", 1), ("own", "lambda=0.1", 1),
+                         ("own", "opsd", 2), ("own", "lambda=0.1", 2)]
+    assert len(set(order)) == len(order) == 15
