@@ -35,6 +35,10 @@ endif
 
 demo: install
 	$(BIN)/sposd train
+	@echo "The demo ran SSOPD (algo=ssopd), the project's flagship and default: GRPO plus distillation of each"
+	@echo "group's shortest correct answer into its longest wrong one. It is the default because it is the method"
+	@echo "this project exists to study, not because it has been shown to beat GRPO on this toy: it has not"
+	@echo "(README 'Does SSOPD beat GRPO?', results/study_main.md). 'sposd train algo=grpo' runs the baseline."
 
 test: install
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)

@@ -60,7 +60,7 @@ class BuiltinModelCfg:
     warmstart_steps: int = 1000
     warmstart_lr: float = 3e-3
     warmstart_batch_size: int = 32
-    privileged_frac: float = 0.2
+    privileged_frac: float = 0.35
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -172,6 +172,10 @@ class DataCfg:
     long_prompts: what to do with a record whose rendered prompt is longer than model.max_prompt_len: "error"
         (stop at load, naming the record) or "skip" (drop it; summary.json counts them as
         `data/skipped_long_prompts`).
+    solution_style: the toy task's reference solutions (kind toy only): "own" (the worked solution in the format
+        the warm start teaches the model to write), "foreign" (a correct worked solution in another notation,
+        "19 = 12 + 7; 4 = 19 - 15; answer 4", as a stronger model's would be) or "none" (answer-only data: only
+        methods that need no reference solution run).
     """
 
     name: str = MISSING
@@ -187,9 +191,16 @@ class DataCfg:
     min_terms: int = 2
     max_terms: int = 3
     long_prompts: str = "error"
+    solution_style: str = "own"
 
     def __post_init__(self) -> None:
         _check_choice("data.kind", self.kind, ("toy", "local", "hf"))
+        _check_choice("data.solution_style", self.solution_style, ("own", "foreign", "none"))
+        if self.kind != "toy" and self.solution_style != "own":
+            raise ValueError(
+                f"data.solution_style={self.solution_style} applies to the toy task only (data.kind=toy); a "
+                f"{self.kind} data set's solutions are its own column (data.fields.solution)"
+            )
         if self.kind == "local" and not self.path:
             raise ValueError("data.kind=local needs data.path=<file.jsonl|file.parquet>")
         if self.kind == "hf" and not self.hf_id:

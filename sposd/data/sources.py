@@ -63,6 +63,7 @@ def load_records(
     max_operand: int = 19,
     min_terms: int = 2,
     max_terms: int = 3,
+    solution_style: str = "own",
     answer_from_solution: bool | None = None,
     require_id: bool | None = None,
 ) -> list[dict]:
@@ -76,7 +77,7 @@ def load_records(
             (for hf ids in HF_SOURCES, to the preset's columns). `problem` and `answer` are required;
             `id` defaults to "<source>-<row>", `solution` to None.
         limit: keep the first `limit` records (toy: generate that many).
-        seed, max_operand, min_terms, max_terms: toy task only.
+        seed, max_operand, min_terms, max_terms, solution_style: toy task only.
         answer_from_solution: when a row has no answer column, use the last \\boxed{} of its solution
             (default: the preset's setting for hf ids, else False).
         require_id: a row without the id column is an error rather than "<source>-<row>" (default: when `fields`
@@ -89,7 +90,7 @@ def load_records(
         raise ValueError(f"data.limit must be >= 0, got {limit}")
     if kind == "toy":
         return toy_records(limit, seed=seed, split=split, max_operand=max_operand, min_terms=min_terms,
-                           max_terms=max_terms)
+                           max_terms=max_terms, solution_style=solution_style)
 
     preset = HF_SOURCES.get(hf_id or "", {}) if kind == "hf" else {}
     mapping = _field_mapping(fields, preset.get("fields"))

@@ -76,6 +76,7 @@ def load_data(cfg: TrainCfg) -> list[dict]:
             max_operand=d.max_operand,
             min_terms=d.min_terms,
             max_terms=d.max_terms,
+            **({"solution_style": d.solution_style} if d.kind == "toy" else {}),
         )
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from e
@@ -92,6 +93,11 @@ def check_reference_solutions(cfg: TrainCfg, records: list[dict]) -> None:
     needs = [f"algo.distill.context={dcfg.context}"] if dcfg.enabled and dcfg.context in REFERENCE_CONTEXTS else []
     needs += [f"algo.adv_mod.context={mcfg.context}"] if mcfg.needs_solution else []
     if needs and not any(r.get("solution") for r in records):
+        if cfg.data.kind == "toy":
+            raise UserError(
+                f"{needs[0]} needs reference solutions, but data.solution_style={cfg.data.solution_style} has "
+                "none; use data.solution_style=own|foreign, or an algo that needs none (grpo, ssopd, uopsd, sdpo)"
+            )
         raise UserError(
             f"{needs[0]} needs reference solutions, but data={cfg.data.name} has no "
             "'solution' field (map one with data.fields.solution=<column>)"

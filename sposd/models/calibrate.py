@@ -3,8 +3,8 @@
     python -m sposd.models.calibrate --seeds 0 1 2 --steps 600 --out /tmp/calib
 
 Prints one JSON line per seed: warm-start wall time, final loss, sampled accuracy at the given temperature
-on held-out problems with the student prompt and with the privileged (OPSD teacher) prompt. The numbers
-are only meaningful on an otherwise idle machine (two processes that each spin 2 OpenMP threads on 2 cores
+on held-out problems with the student prompt and under every teacher message the warm start teaches (PROBES).
+The numbers are only meaningful on an otherwise idle machine (two processes that each spin 2 OpenMP threads on 2 cores
 slow each other down many times over).
 """
 
@@ -13,6 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+# name -> sample_accuracy's message knobs: the student prompt, then every teacher format the warm start teaches
+PROBES = {
+    "acc": {},
+    "acc_opsd_own": dict(fmt="opsd", style="own"),
+    "acc_opsd_foreign": dict(fmt="opsd", style="foreign"),
+    "acc_opsd_partial": dict(fmt="opsd_partial", style="own"),
+    "acc_sdpo": dict(fmt="sdpo", style="own"),
+    "acc_sdpo_exact": dict(fmt="sdpo_exact", style="own"),
+    "acc_reviser_right": dict(fmt="reviser", verdict=True),
+    "acc_reviser_wrong": dict(fmt="reviser", verdict=False),
+    "acc_concise": dict(fmt="concise"),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,9 +61,9 @@ def main(argv: list[str] | None = None) -> None:
         info = json.loads((out / "warmstart.json").read_text())
         row = dict(seed=seed, knobs=info["knobs"], wall_s=round(info["wall_s"], 1),
                    loss_last20=round(sum(info["losses"][-20:]) / 20, 4))
-        for name, priv in (("acc", False), ("acc_privileged", True)):
-            row[name] = sample_accuracy(out, heldout, n_samples=args.n_samples, temperature=args.temperature,
-                                        seed=0, privileged=priv, num_threads=args.num_threads)
+        for name, probe in PROBES.items():
+            row[name] = round(sample_accuracy(out, heldout, n_samples=args.n_samples, temperature=args.temperature,
+                                              seed=0, num_threads=args.num_threads, **probe), 3)
         print(json.dumps(row), flush=True)
 
 

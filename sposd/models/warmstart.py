@@ -1,20 +1,29 @@
 """Supervised warm start of the tiny model on the toy task, a cache for it, and a sampled-accuracy probe.
 
 The embedded default needs a policy whose sampled accuracy is mixed (some groups right, some wrong) before
-RL starts, and self-distillation methods need a model that already uses privileged context. So the warm
-start trains on worked solutions rendered through the chat template (loss on the assistant reply only),
-and a fraction `privileged_frac` of examples also shows a worked solution of the same problem inside the
-user turn, with the OPSD teacher template (sposd.data.templates.build_privileged_message).
+RL starts, and self-distillation methods need a model that already reads their teacher messages. So the warm
+start trains on worked solutions rendered through the chat template (loss on the assistant reply only), and a
+fraction `privileged_frac` of examples shows the problem inside one of the family's teacher messages instead of
+the student's: OPSD's (a reference in the own or the foreign style, whole or cut as PAINT cuts it), SDPO's two
+reprompts, SD-Zero's reviser prompt and OPSDC's concise instruction, built by the same functions the teacher
+contexts use (sposd.data.teacher_formats documents the shares). The reply is always the own-style solution.
 
 Plain PyTorch, one process, stopped by a fixed number of optimizer steps, so a (seed, knobs) pair always
 gives the same weights on the same machine and thread count.
 
-Calibration (defaults: 1000 steps, batch 32, lr 3e-3, privileged_frac 0.2; 4 x 64 model; 2 idle cores,
-measured with `python -m sposd.models.calibrate`): about 0.15 s per step, 146-150 s in all; sampled
-accuracy at T = 1 on 200 held-out problems x 4 samples: 31% / 19% / 28% for seeds 0 / 1 / 2, and 97-98%
-when the worked solution is in the prompt (the OPSD teacher context). Fewer steps are much worse (with
-privileged_frac 0.1-0.3: about 7% at 450 steps, 13% at 600, 22% at 800; single seeds), and operands <= 11
-or 14 did not learn noticeably faster.
+Calibration (defaults: 1000 steps, batch 32, lr 3e-3, privileged_frac 0.35; 4 x 64 model; measured with
+`python -m sposd.models.calibrate --seeds 0 --privileged-frac F --num-threads 1 --num-heldout 100` on a 2-core
+machine shared with ~4 other jobs, so the wall times are not idle times): sampled accuracy at T = 1 on 100
+held-out problems x 4 samples, seed 0:
+
+    privileged_frac  student  opsd own  opsd foreign  opsd cut  sdpo  sdpo_exact  reviser right/wrong  concise
+    0.20             0.287    0.228     0.215         0.207     0.217 0.228       0.212 / 0.225        0.200
+    0.35             0.237    0.807     0.738         0.375     0.432 0.767       0.482 / 0.168        0.190
+
+At 0.20 (each teacher format a few % of the examples) the model does not learn to read a reference at all; at 0.35
+it copies an own-style reference (81%) and translates a foreign one (74%) while its own sampled accuracy stays mixed
+(24%). The earlier recipe (OPSD's message only, privileged_frac 0.2) reached 19-31% student and 97-98% with the
+reference, about 150 s on 2 idle cores; this one shows ~1.7x more privileged (long) prompts per step.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from sposd.data.teacher_formats import FOREIGN_FRAC, TEACHER_FORMATS, pick_format, teacher_message
 from sposd.data.templates import (
     TOY_INSTRUCTION,
     build_privileged_message,
@@ -39,8 +49,9 @@ from sposd.data.templates import (
 from sposd.data.toy import check_knobs, sample_problem, split_of
 from sposd.models.tiny import atomic_dir, build_tiny_model
 
-# Bump when the recipe changes in a way the knobs do not capture: cached models are keyed on it.
-RECIPE_VERSION = 1
+# Bump when the recipe changes in a way the knobs do not capture: cached models are keyed on it (with the
+# teacher-format mix, sposd.data.teacher_formats).
+RECIPE_VERSION = 2
 IGNORE = -100
 
 
@@ -74,6 +85,18 @@ def toy_example_ids(
     return prompt, reply
 
 
+def format_example_ids(
+    tokenizer, record: dict, fmt: str, rng: random.Random, *, instruction: str = TOY_INSTRUCTION,
+    enable_thinking: bool = False,
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, reply ids) of one warm-start example in format `fmt` (sposd.data.teacher_formats); the reply is
+    the record's own-style worked solution plus eos whatever the format."""
+    msg = teacher_message(record, fmt, rng, instruction=instruction, tokenizer=tokenizer)
+    prompt = render_prompt_ids(tokenizer, msg, enable_thinking=enable_thinking)
+    reply = tokenizer.encode(record["solution"], add_special_tokens=False) + [tokenizer.eos_token_id]
+    return prompt, reply
+
+
 def _collate(pairs: list[tuple[list[int], list[int]]], pad_id: int, *, multiple: int = 32):
     """Right-padded input_ids, attention_mask and labels (IGNORE on prompt and pad) for one micro-batch.
 
@@ -102,7 +125,7 @@ def warm_start(
     lr: float = 3e-3,
     batch_size: int = 32,
     seed: int = 0,
-    privileged_frac: float = 0.2,
+    privileged_frac: float = 0.35,
     max_operand: int = 19,
     min_terms: int = 2,
     max_terms: int = 3,
@@ -162,10 +185,9 @@ def warm_start(
                 rec = sample_problem(rng, max_operand=max_operand, min_terms=min_terms, max_terms=max_terms)
                 if split_of(rec["problem"]) != "train":
                     continue
-                is_priv = rng.random() < privileged_frac
-                (priv if is_priv else plain).append(
-                    toy_example_ids(tok, rec, privileged=is_priv, instruction=instruction,
-                                    enable_thinking=enable_thinking))
+                fmt = pick_format(rng, privileged_frac)
+                (plain if fmt == "student" else priv).append(
+                    format_example_ids(tok, rec, fmt, rng, instruction=instruction, enable_thinking=enable_thinking))
             n_targets = sum(len(r) for _, r in plain + priv)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
@@ -219,7 +241,8 @@ DONE_MARKER = "warmstart.json"
 
 def toy_model_key(**knobs) -> str:
     """Short hash of every knob (architecture + warm start, defaults filled in) and the recipe version."""
-    return hashlib.sha256(json.dumps(dict(knobs, recipe=RECIPE_VERSION), sort_keys=True).encode()).hexdigest()[:12]
+    keyed = dict(knobs, recipe=RECIPE_VERSION, teacher_formats=TEACHER_FORMATS, foreign_frac=FOREIGN_FRAC)
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _resolve_toy_knobs(knobs: dict) -> tuple[dict, dict, dict]:
@@ -293,11 +316,15 @@ def sample_accuracy(
     batch_size: int = 128,
     num_threads: int | None = None,
     privileged: bool = False,
+    fmt: str | None = None,
+    style: str | None = None,
+    verdict: bool | None = None,
 ) -> float:
     """Fraction of `n_samples` sampled completions per record whose last `\\boxed{}` equals the gold answer.
 
     temperature 0 means greedy decoding (then one sample per record is enough). With `privileged=True` the
-    prompt is the OPSD teacher message (the record's own solution in context): how well the model reads it.
+    prompt is the OPSD teacher message (the record's own solution in context): how well the model reads it. A `fmt`
+    (a sposd.data.teacher_formats format) with `style` / `verdict` picks any warm-start message instead.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -308,7 +335,12 @@ def sample_accuracy(
         torch.manual_seed(seed)
         tok = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        fmt_rng = random.Random(f"sample-accuracy-{seed}")
+
         def message(r: dict) -> str:
+            if fmt is not None:
+                return teacher_message(r, fmt, fmt_rng, instruction=instruction, tokenizer=tok, style=style,
+                                       verdict=verdict)
             if privileged:
                 return build_privileged_message(r["problem"], r["solution"], instruction=instruction)
             return build_user_message(r["problem"], instruction=instruction)

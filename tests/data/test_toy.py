@@ -52,10 +52,21 @@ def test_answers_and_steps_are_consistent(knobs):
 
 def test_default_size_and_errors():
     assert space_size() == 20**2 * 2 + 20**3 * 4
-    assert len(toy_records(seed=0)) == 10_000
+    assert len(toy_records(seed=0)) == 1_500
     with pytest.raises(ValueError, match="split"):
         toy_records(5, split="test")
     with pytest.raises(ValueError, match="at most"):
         toy_records(100_000, split="heldout")
     with pytest.raises(ValueError, match="min_terms"):
         toy_records(5, min_terms=1)
+
+
+def test_default_training_set_has_the_heldout_sets_term_mix():
+    # ~80 two-term held-out problems exist, so 200 held-out problems are ~1/3 two-term; the default training set
+    # must not drift to almost only three-term problems (10,000 distinct records: 7%)
+    def two_term_share(recs):
+        return sum(r["problem"].count("+") + r["problem"].count("-") == 1 for r in recs) / len(recs)
+
+    for seed in (0, 1):
+        train, heldout = toy_records(seed=seed), toy_records(200, seed=seed, split="heldout")
+        assert abs(two_term_share(train) - two_term_share(heldout)) < 0.05

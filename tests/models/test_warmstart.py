@@ -96,3 +96,30 @@ def test_sample_accuracy_runs(tiny_model_dir):
     assert 0.0 <= acc <= 1.0
     assert ws._same_answer("-4", "-4") and not ws._same_answer(None, "3") and not ws._same_answer("4", "-4")
 
+
+
+def test_every_teacher_format_trains_the_own_style_reply():
+    import random
+
+    from sposd.data.teacher_formats import TEACHER_FORMATS, teacher_message
+    from sposd.data.templates import render_prompt_ids
+
+    tok = build_char_tokenizer()
+    rec = {"problem": "Compute 12+7-15.", "solution": "12+7=19. 19-15=4. \\boxed{4}", "answer": "4"}
+    for fmt in ("student", *TEACHER_FORMATS):
+        prompt, reply = ws.format_example_ids(tok, rec, fmt, random.Random(1))
+        msg = teacher_message(rec, fmt, random.Random(1), instruction=TOY_INSTRUCTION, tokenizer=tok)
+        # the ids the teacher context renders (OPSDC's em dash is <|unk|> in the character vocabulary, in both)
+        assert prompt == render_prompt_ids(tok, msg, enable_thinking=False), fmt
+        assert tok.decode(reply) == rec["solution"] + "<|im_end|>"
+
+
+def test_cache_key_changes_with_the_format_mix(monkeypatch):
+    knobs = dict(ARCH, seed=0, steps=10)
+    key = ws.toy_model_key(**knobs)
+    monkeypatch.setitem(ws.TEACHER_FORMATS, "concise", 0.5)
+    assert ws.toy_model_key(**knobs) != key
+    monkeypatch.undo()
+    assert ws.toy_model_key(**knobs) == key
+    monkeypatch.setattr(ws, "RECIPE_VERSION", ws.RECIPE_VERSION + 1)
+    assert ws.toy_model_key(**knobs) != key
