@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import time
 from pathlib import Path
 
@@ -61,8 +62,10 @@ def _check(name: str, rows: list[dict]) -> None:
     assert all(r["actor/rollout_logp_abs_diff"] < 1e-4 for r in rows), f"{name}: vLLM sampled from stale weights"
     assert all("response/len_reduction" in r for r in rows)
     distills = name not in ("cepo", "ace", "gopd")
-    if name in ("ssopd", "opsd", "paint"):  # JSD / KL: non-negative (the stop-gradient top-k surrogate is not)
-        assert all(r["loss/distill"] >= 0 for r in rows), name
+    if name in ("ssopd", "opsd", "paint"):
+        # finite, but not necessarily >= 0: OPSD-v3's element clip (these YAMLs' default) clamps each vocabulary
+        # entry T (log T - log S) from above only, so the negative entries can outweigh the clipped positive ones
+        assert all(math.isfinite(r["loss/distill"]) for r in rows), name
     if name == "ssopd":
         assert all(r["distill/targets"] == r["distill/groups"] for r in rows)  # one wrong completion per group
         assert "loss/pg" in rows[0]
