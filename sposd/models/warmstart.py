@@ -142,10 +142,10 @@ def warm_start(
     """Fine-tune the model in `base_dir` on toy worked solutions for `steps` AdamW steps; save to `out_dir`.
 
     Examples are fresh train-split problems each step (held-out problems never appear). Each step draws
-    `batch_size` problems; about `privileged_frac` of them carry the same problem's worked solution in the
-    user turn. The two kinds are padded separately (privileged prompts are ~4x longer) and the loss is the
-    mean token cross-entropy over all reply tokens of the step. LR: linear warm-up, then cosine decay to
-    `min_lr_ratio * lr`.
+    `batch_size` problems; about `privileged_frac` of them show the problem in one of the family's teacher
+    messages (`sposd.data.teacher_formats`). The two kinds are padded separately (teacher messages are ~4x
+    longer) and the loss is the mean token cross-entropy over all reply tokens of the step. LR: linear warm-up,
+    then cosine decay to `min_lr_ratio * lr`.
 
     Writes the model + tokenizer in HF format atomically, plus `warmstart.json` (knobs, loss curve, wall time).
 
@@ -178,16 +178,11 @@ def warm_start(
             frac = (step - warmup_steps) / max(steps - warmup_steps, 1)
             return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
+        problem_knobs = dict(max_operand=max_operand, min_terms=min_terms, max_terms=max_terms)
+        prompt_knobs = dict(instruction=instruction, enable_thinking=enable_thinking)
         losses: list[float] = []
         for step in range(steps):
-            plain, priv = [], []
-            while len(plain) + len(priv) < batch_size:
-                rec = sample_problem(rng, max_operand=max_operand, min_terms=min_terms, max_terms=max_terms)
-                if split_of(rec["problem"]) != "train":
-                    continue
-                fmt = pick_format(rng, privileged_frac)
-                (plain if fmt == "student" else priv).append(
-                    format_example_ids(tok, rec, fmt, rng, instruction=instruction, enable_thinking=enable_thinking))
+            plain, priv = _draw_examples(tok, rng, batch_size, privileged_frac, problem_knobs, **prompt_knobs)
             n_targets = sum(len(r) for _, r in plain + priv)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
@@ -220,6 +215,22 @@ def warm_start(
             info = dict(knobs=knobs, losses=losses, wall_s=wall, num_threads=torch.get_num_threads())
             (tmp / "warmstart.json").write_text(json.dumps(info, indent=1) + "\n")
     return Path(out_dir)
+
+
+def _draw_examples(
+    tok, rng: random.Random, n: int, privileged_frac: float, problem_knobs: dict, **prompt_knobs
+) -> tuple[list, list]:
+    """One step's `n` fresh train-split examples as (prompt ids, reply ids), split into student-prompt examples and
+    teacher-message ones (`pick_format`), which are padded separately (teacher messages are ~4x longer)."""
+    plain: list = []
+    priv: list = []
+    while len(plain) + len(priv) < n:
+        rec = sample_problem(rng, **problem_knobs)
+        if split_of(rec["problem"]) != "train":
+            continue
+        fmt = pick_format(rng, privileged_frac)
+        (plain if fmt == "student" else priv).append(format_example_ids(tok, rec, fmt, rng, **prompt_knobs))
+    return plain, priv
 
 
 def _copy_legacy_config_keys(src: Path, dst: Path) -> None:
