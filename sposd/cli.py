@@ -163,6 +163,9 @@ def _train_app() -> None:
             _die(str(e))
         except KeyboardInterrupt:  # before the loop's own handler was installed (start-up), or a second Ctrl-C
             _die(f"interrupted; {_resume_hint(run_dir)}", code=130)
+        from sposd.dist import shutdown
+
+        shutdown()  # every rank got here: leave the process group cleanly, so no rank aborts at interpreter exit
         if int(os.environ.get("RANK", "0")) == 0:
             _print_summary(summary)
         stopped = summary.get("stopped")

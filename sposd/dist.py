@@ -154,5 +154,16 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group at the end of a run that succeeded on every rank.
+
+    A barrier first, so no rank tears down its connections while another still talks to it; then every group is
+    destroyed while the interpreter is fully alive. Without that, gloo's worker threads are left to C++ static
+    destruction at exit, which can abort a finished rank ("terminate called without an active exception",
+    pytorch/pytorch#190489), and a scheduler records the successful run as failed. Not for error paths: a rank that
+    failed would leave the others waiting at the barrier.
+    """
+    if not dist.is_initialized():
+        return
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()

@@ -15,7 +15,8 @@ from pathlib import Path
 from sposd.dist import free_port
 
 _PREAMBLE = """
-import json, os, sys
+import json, os, sys, warnings
+warnings.filterwarnings("ignore", category=FutureWarning)  # torch.distributed's per-call deprecation notices
 import torch
 torch.set_num_threads(1)
 from sposd import dist as sdist
@@ -25,7 +26,9 @@ RESULT = {}
 _EPILOGUE = """
 Path = __import__("pathlib").Path
 Path(os.environ["RANK_RESULT"]).write_text(json.dumps(RESULT))
+print("rank code: finished, result written", flush=True)
 sdist.shutdown()
+print("rank code: left the process group", flush=True)
 """
 
 
@@ -61,5 +64,6 @@ def run_ranks(code: str, tmp_path: Path, *, world: int = 2, timeout: float = 600
         for log in logs:
             log.close()
     for r, p in enumerate(procs):
-        assert p.returncode == 0, f"rank {r} failed:\n" + (tmp_path / f"rank{r}.log").read_text()[-4000:]
+        # the log says how far the rank got: its last lines are the error, or the epilogue's two markers
+        assert p.returncode == 0, f"rank {r} exited {p.returncode}:\n" + (tmp_path / f"rank{r}.log").read_text()[-4000:]
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]

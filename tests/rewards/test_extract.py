@@ -73,9 +73,11 @@ def test_answer_line_fallback_can_be_disabled():
     ],
 )
 def test_extraction_is_fast_on_huge_inputs(text):
-    start = time.perf_counter()
+    # CPU time, not wall time, so a loaded machine does not fail it; linear passes over these 1-2 MB inputs take
+    # ~10-100 ms, a quadratic one would take hours, so the generous bound still separates the two
+    start = time.process_time()
     extract_answer(text)
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 5.0
 
 
 def test_nested_braces_are_matched():
