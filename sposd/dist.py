@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import socket
@@ -164,6 +165,9 @@ def shutdown() -> None:
     """
     if not dist.is_initialized():
         return
+    # DeepSpeed engines live in reference cycles: collect them now, so their pending collective handles (and the
+    # tensors gloo's threads hold for them) are freed while the interpreter can still take the GIL for them
+    gc.collect()
     if dist.get_world_size() > 1:
         dist.barrier()
     dist.destroy_process_group()
