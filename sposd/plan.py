@@ -5,6 +5,7 @@ or from the model preset's `model.shape` (published values). Per rank, on the de
 
     resident     ZeRO states (bf16 params + grads, fp32 master, Adam; each divided by the ranks that share it),
                  frozen copies (KL reference, EMA / periodic teacher), DeepSpeed buffers + CUDA context + NCCL
+                 (LoRA, sposd.plan_lora: grads, master and Adam of the adapter only; no frozen copy)
     rollout      resident + vLLM's share (util x device): its weights, activation profile, sampler, graphs and
                  the KV cache left over -> tokens, and sequences of prompt + completion that fit at once
     train        resident + what vLLM keeps while asleep + the learner's peak per micro-batch on the hidden-state
@@ -19,6 +20,8 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from sposd.plan_lora import lora_line, lora_summary
 
 GB = 1e9
 GIB = 2**30
@@ -136,6 +139,8 @@ class MemoryPlan:
     device: str
     device_bytes: float
     num_params: int
+    trainable_params: int  # all params, or a LoRA adapter's
+    lora: dict | None  # rank, alpha, targets, adapter_params (sposd.plan_lora.lora_summary); None = full fine-tuning
     zero_states: dict[str, float]
     frozen_copies: float
     buffers: float
@@ -166,10 +171,11 @@ def plan_memory(cfg, shape: ModelShape, *, device_bytes: float) -> MemoryPlan:
     world = hw.nproc * hw.nodes
     b = 4 if m.dtype == "float32" else 2
     P = shape.num_params
-    zero = zero_states(
-        P, b, world=world, stage=hw.zero_stage, offload_optimizer=hw.offload_optimizer, offload_params=hw.offload_params
-    )
-    copies = _frozen_copies(cfg.algo) * P * b / (world if hw.zero_stage == 3 else 1)
+    lora = lora_summary(m.lora, shape)
+    adapter = lora["adapter_params"] if lora else 0
+    off = {"offload_optimizer": hw.offload_optimizer, "offload_params": hw.offload_params}
+    zero = zero_states(P + adapter, b, frozen=P if lora else 0, world=world, stage=hw.zero_stage, **off)
+    copies = _frozen_copies(cfg.algo, lora=lora is not None) * P * b / (world if hw.zero_stage == 3 else 1)
     buffers = (min(DS_REDUCE_BUCKET, P) + min(DS_PREFETCH_BUCKET, P) + shape.largest_module_params) * b
     buffers += CUDA_CONTEXT_NCCL if hw.device == "cuda" else 0.0
     seq_len = m.max_prompt_len + m.max_new_tokens
@@ -182,6 +188,7 @@ def plan_memory(cfg, shape: ModelShape, *, device_bytes: float) -> MemoryPlan:
         tokens=max(hw.micro_batch_tokens, seq_len),
         checkpointing=m.gradient_checkpointing,
         teacher=bool(cfg.algo.distill.enabled),
+        adapter_width=lora["rank"] * len(lora["targets"]) if lora else 0,
     )
     asleep = vllm["graphs"] if hw.vllm_sleep else vllm["budget"]  # sleep frees weights and KV cache, not graphs
     plan = MemoryPlan(
@@ -191,6 +198,8 @@ def plan_memory(cfg, shape: ModelShape, *, device_bytes: float) -> MemoryPlan:
         device=hw.device,
         device_bytes=device_bytes,
         num_params=P,
+        trainable_params=adapter or P,
+        lora=lora,
         zero_states=zero,
         frozen_copies=copies,
         buffers=buffers,
@@ -210,18 +219,31 @@ def plan_memory(cfg, shape: ModelShape, *, device_bytes: float) -> MemoryPlan:
     return plan
 
 
-def zero_states(P: int, b: int, *, world: int, stage: int, offload_optimizer: bool, offload_params: bool) -> dict:
-    """Bytes per rank on the device of the ZeRO states (offloaded parts live in host memory instead)."""
+def zero_states(
+    P: int, b: int, *, world: int, stage: int, offload_optimizer: bool, offload_params: bool, frozen: int = 0
+) -> dict:
+    """Bytes per rank on the device of the ZeRO states (offloaded parts live in host memory instead).
+
+    P: the parameters held (a LoRA run's base + adapter); frozen: those of them the optimizer leaves alone (a LoRA
+    run's base), which have no gradients, fp32 master copy or Adam moments.
+    """
+    count = {"params": P, "grads": P - frozen, "master": P - frozen, "adam": P - frozen}
     split = {"params": stage >= 3, "grads": stage >= 2, "master": stage >= 1, "adam": stage >= 1}
     per_param = {"params": b, "grads": b, "master": 0 if b == 4 else 4, "adam": 8}  # fp32 runs need no master copy
     on_host = {"params": offload_params, "master": offload_optimizer, "adam": offload_optimizer, "grads": False}
-    return {k: 0.0 if on_host[k] else P * per_param[k] / (world if split[k] else 1) for k in per_param}
+    return {k: 0.0 if on_host[k] else count[k] * per_param[k] / (world if split[k] else 1) for k in per_param}
 
 
-def _frozen_copies(algo) -> int:
-    """Partitioned model copies besides the policy: the KL reference, and a teacher that is not the policy."""
-    ref = getattr(algo, "kl_coef", 0.0) > 0
+def _frozen_copies(algo, *, lora: bool = False) -> int:
+    """Partitioned model copies besides the policy: the KL reference, and a teacher that is not the policy.
+
+    With LoRA the reference and the `initial` teacher are the policy with its adapter off (no copy); `ema` and
+    `periodic` teachers are refused with LoRA by the config's validation.
+    """
     d = algo.distill
+    if lora:
+        return int(d.enabled and d.teacher in ("ema", "periodic"))
+    ref = getattr(algo, "kl_coef", 0.0) > 0
     teacher = d.enabled and (d.teacher in ("ema", "periodic") or (d.teacher == "initial" and not ref))
     return int(ref) + int(teacher)
 
@@ -252,8 +274,13 @@ def vllm_budget(shape: ModelShape, b: int, hw, *, device_bytes: float, seq_len: 
     }
 
 
-def learner_peak(shape: ModelShape, b: int, *, tokens: int, checkpointing: bool, teacher: bool) -> dict[str, float]:
-    """The learner's peak per micro-batch of `tokens` on the hidden-state path, on top of what is resident."""
+def learner_peak(
+    shape: ModelShape, b: int, *, tokens: int, checkpointing: bool, teacher: bool, adapter_width: int = 0
+) -> dict[str, float]:
+    """The learner's peak per micro-batch of `tokens` on the hidden-state path, on top of what is resident.
+
+    adapter_width: a LoRA adapter's rank x the linears it adapts per decoder layer (0 = no adapter).
+    """
     d, i, L = shape.hidden_size, shape.intermediate_size, shape.num_hidden_layers
     q, kv = shape.num_attention_heads * shape.head_dim, shape.num_key_value_heads * shape.head_dim
     layer_per_token = (6 * d + 2 * q + 2 * kv + 4 * i) * b  # what one decoder layer keeps for its backward
@@ -266,6 +293,11 @@ def learner_peak(shape: ModelShape, b: int, *, tokens: int, checkpointing: bool,
     }
     if teacher:
         out["teacher_hidden"] = tokens * d * b  # the teacher's final hidden states (no grad)
+    if adapter_width:
+        # each adapted linear keeps its rank-r intermediate x A^T per token for B's gradient, in the one layer
+        # recomputed (checkpointing) or in every layer; kept simple: the copy of the input that dropout > 0 keeps
+        # for A's gradient is not counted
+        out["adapter"] = tokens * adapter_width * b * (1 if checkpointing else L)
     return out
 
 
@@ -320,6 +352,7 @@ def format_plan(plan: MemoryPlan) -> str:
     lines = [
         f"sposd plan: {plan.model} ({plan.num_params / 1e9:.2f} B params) on {plan.hardware}: {plan.ranks} rank(s), "
         f"{plan.device} with {plan.device_bytes / GB:.1f} GB each; per rank:",
+        *([lora_line(plan.lora)] if plan.lora else []),
         f"  ZeRO states         {g(sum(z.values()))}   params {z['params'] / GB:.1f} + grads {z['grads'] / GB:.1f}"
         f" + fp32 master {z['master'] / GB:.1f} + Adam {z['adam'] / GB:.1f}",
     ]
@@ -422,7 +455,10 @@ def main(argv: list[str]) -> int:
         total = gpu_gib * GIB if gpu_gib else device_bytes_here("cuda", hw.nproc) or 80 * GIB
     else:
         total = device_bytes_here("cpu", hw.nproc) or 16 * GIB
-    plan = plan_memory(cfg, shape, device_bytes=total)
+    try:
+        plan = plan_memory(cfg, shape, device_bytes=total)
+    except ValueError as e:  # UserError: model.lora.targets the plan does not know
+        return _fail(str(e))
     print(format_plan(plan))
     if as_json:
         print(json.dumps(plan.to_dict()))
