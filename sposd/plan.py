@@ -234,18 +234,22 @@ def zero_states(
     return {k: 0.0 if on_host[k] else count[k] * per_param[k] / (world if split[k] else 1) for k in per_param}
 
 
-def _frozen_copies(algo, *, lora: bool = False) -> int:
-    """Partitioned model copies besides the policy: the KL reference, and a teacher that is not the policy.
+def _frozen_copies(algo_cfg, *, lora: bool = False) -> int:
+    """Partitioned model copies besides the policy, as the learner builds them (sposd/learner/learner.py): a frozen
+    reference when the algorithm needs one (KL to the initial policy; ACE's and G-OPD's advantage modifiers), and a
+    teacher that is not the policy (`initial` reuses the reference when there is one; `ema` / `periodic` always copy).
 
     With LoRA the reference and the `initial` teacher are the policy with its adapter off (no copy); `ema` and
     `periodic` teachers are refused with LoRA by the config's validation.
     """
-    d = algo.distill
+    from sposd.algos import get_algo
+
+    algo = get_algo(algo_cfg.name)(algo_cfg)
+    kind = algo.teacher_weights
     if lora:
-        return int(d.enabled and d.teacher in ("ema", "periodic"))
-    ref = getattr(algo, "kl_coef", 0.0) > 0
-    teacher = d.enabled and (d.teacher in ("ema", "periodic") or (d.teacher == "initial" and not ref))
-    return int(ref) + int(teacher)
+        return int(kind in ("ema", "periodic"))
+    ref = bool(algo.needs_ref)
+    return int(ref) + int(kind in ("ema", "periodic") or (kind == "initial" and not ref))
 
 
 def vllm_budget(shape: ModelShape, b: int, hw, *, device_bytes: float, seq_len: int) -> dict[str, float]:

@@ -95,3 +95,22 @@ def test_cli_prints_the_table_and_json_last():
         [sys.executable, "-m", "sposd", "plan", "--gpu-gib", "-3"], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 2 and r.stderr.strip().splitlines() == ["sposd: error: --gpu-gib must be > 0, got -3.0"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "copies"),
+    [
+        (["algo=grpo"], 0),  # no reference, no teacher
+        (["algo=grpo", "algo.kl_coef=0.01"], 1),  # the KL reference
+        (["algo=ace"], 1),  # ACE's confidence shift against the initial policy: a reference without a KL term
+        (["algo=gopd"], 1),  # G-OPD: the reference, which its `initial` scoring teacher reuses (one copy, not two)
+        (["algo=opsd", "model.lora.rank=0"], 1),  # the `initial` teacher, no reference (full fine-tuning)
+        (["algo=ssopd"], 0),  # the `current` teacher is the policy
+        (["algo=sdpo"], 1),  # the EMA teacher
+    ],
+)
+def test_frozen_copies_are_the_ones_the_learner_builds(overrides, copies):
+    # One 8B copy on 8 ranks at bf16 = 8.19e9 * 2 / 8 bytes per rank, once per copy the learner builds
+    # (sposd/learner/learner.py: `algo.needs_ref` makes a reference; TeacherWeights reuses it for `initial`).
+    _, p = _plan("model=qwen3-8b", "hardware=gpu8", *overrides)
+    assert p.frozen_copies == pytest.approx(copies * p.num_params * 2 / 8)
