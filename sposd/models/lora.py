@@ -54,8 +54,18 @@ class LoraLayout:
 
 
 def linear_leaf_names(model: nn.Module) -> set[str]:
-    """The last name component of every nn.Linear in `model` (what LoRA `targets` may name)."""
-    return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear) and name}
+    """The last name component of every nn.Linear in `model` but the output layer (what LoRA `targets` may name).
+
+    The output layer is left out: the learner computes log-probs from its weight directly, in [chunk, V] blocks
+    (sposd/learner/passes.py), so an adapter there would be trained by nothing and merged as a no-op.
+    """
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    return {
+        name.rsplit(".", 1)[-1]
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and name and m is not head
+    }
 
 
 def check_targets(model: nn.Module, targets: Iterable[str]) -> None:

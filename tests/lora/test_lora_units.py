@@ -34,6 +34,16 @@ def test_unknown_targets_name_the_valid_ones():
         check_targets(model, ["q_proj", "qkv"])
 
 
+def test_the_output_layer_is_not_a_target(tiny_model_dir):
+    # the learner reads lm_head's weight directly (log-probs in [chunk, V] blocks): an adapter there would be inert
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    check_targets(model, ["q_proj", "down_proj"])
+    with pytest.raises(ValueError, match=r"\['lm_head'\] name no linear layer of this model; choose from \['down"):
+        check_targets(model, ["lm_head"])
+
+
 def test_merge_is_w_plus_scaled_b_a_by_hand():
     # W = I (2x2), A = [[1, 2]] (r 1 x in 2), B = [[1], [0]] (out 2 x r 1), s = alpha / r = 2
     # B @ A = [[1, 2], [0, 0]] -> W + 2 B A = [[3, 4], [0, 1]]; the bias passes through; A, B leave the stream
