@@ -3,166 +3,57 @@
 Every dataclass validates itself in ``__post_init__`` (run by ``OmegaConf.to_object``), raising ``ValueError``
 with a message that names the bad key and the valid values. ``register_configs`` stores the schemas in Hydra's
 ConfigStore so YAML files start with ``defaults: [base_<group>, _self_]`` and a misspelled key fails at compose time.
+
+The schemas live in modules by group (re-exported here, so `sposd.config.X` keeps working for every X below):
+``config_checks`` (the validators), ``config_model`` (model, LoRA), ``config_eval`` (benchmarks, eval) and
+``config_loop`` (the `train` key: checkpoints, evaluations, inspect records). This module holds the remaining
+groups (data, hardware, logger, rollout, optim), the two whole-app configs (`TrainCfg`, `EvalAppCfg`) and
+the functions that register and convert them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from omegaconf import MISSING
 
 from sposd.algos.config import AlgoCfg
+from sposd.config_checks import _check_choice, _check_positive, _check_range, check_sampling
+from sposd.config_eval import BENCHMARK_KEYS, BENCHMARK_KINDS, EVAL_PROMPT, BenchmarkCfg, EvalCfg, _check_benchmarks
+from sposd.config_loop import STOP_SIGNALS, CheckpointCfg, InspectCfg, LoopCfg, TrainEvalCfg
+from sposd.config_model import LORA_TARGETS, BuiltinModelCfg, LoraCfg, ModelCfg, ModelShapeCfg
 
-
-def _check_choice(key: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{key}={value!r} is not valid; choose from {list(choices)}")
-
-
-def _check_positive(key: str, value: float, *, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
-def _check_range(key: str, value: float, low: float, high: float) -> None:
-    """low <= value <= high (both ends included)."""
-    if not low <= value <= high:
-        raise ValueError(f"{key} must be in [{low}, {high}], got {value}")
-
-
-def check_sampling(prefix: str, *, temperature: float, top_p: float, top_k: int, min_p: float = 0.0,
-                   allow_greedy: bool = False) -> None:
-    """The one validator of vLLM sampling settings (training rollouts and evaluations share it).
-
-    Args:
-        prefix: the config key holding them ("rollout", "eval"), named in the message.
-        allow_greedy: temperature 0 (greedy) is valid; training rollouts need > 0 (the loss divides by it).
-    """
-    _check_positive(f"{prefix}.temperature", temperature, allow_zero=allow_greedy)
-    if not 0 < top_p <= 1:
-        raise ValueError(f"{prefix}.top_p must be in (0, 1], got {top_p}")
-    if top_k == 0 or top_k < -1:
-        raise ValueError(f"{prefix}.top_k must be -1 (off) or >= 1, got {top_k}")
-    if not 0 <= min_p < 1:
-        raise ValueError(f"{prefix}.min_p must be in [0, 1), got {min_p}")
-
-
-@dataclass(kw_only=True)
-class BuiltinModelCfg:
-    """The embedded tiny model: architecture and supervised warm start (only used when model.path == 'builtin')."""
-
-    hidden_size: int = 64
-    num_layers: int = 4
-    num_heads: int = 2
-    num_kv_heads: int = 2
-    intermediate_size: int = 256
-    warmstart_steps: int = 1000
-    warmstart_lr: float = 3e-3
-    warmstart_batch_size: int = 32
-    privileged_frac: float = 0.35
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
-                    "warmstart_batch_size"):
-            _check_positive(f"model.builtin.{key}", getattr(self, key))
-        _check_positive("model.builtin.warmstart_steps", self.warmstart_steps, allow_zero=True)
-        _check_positive("model.builtin.warmstart_lr", self.warmstart_lr)
-        _check_range("model.builtin.privileged_frac", self.privileged_frac, 0, 1)
-        _check_positive("model.builtin.seed", self.seed, allow_zero=True)
-        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"model.builtin needs hidden_size divisible by num_heads and num_heads by num_kv_heads, got "
-                f"{self.hidden_size}, {self.num_heads}, {self.num_kv_heads}"
-            )
-
-
-@dataclass(kw_only=True)
-class ModelShapeCfg:
-    """A model's published architecture (Hugging Face config.json names), for `sposd plan` without the weights.
-
-    0 = unknown; a local model's config.json, when there is one, wins over these.
-    """
-
-    hidden_size: int = 0
-    intermediate_size: int = 0
-    num_hidden_layers: int = 0
-    num_attention_heads: int = 0
-    num_key_value_heads: int = 0
-    head_dim: int = 0
-    vocab_size: int = 0
-    tie_word_embeddings: bool = False
-
-
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@dataclass(kw_only=True)
-class LoraCfg:
-    """A LoRA adapter on the policy (peft), trained under ZeRO-3 with the base frozen; rank 0 = full fine-tuning.
-
-    alpha: peft's lora_alpha (the update is scaled by alpha / rank); null = 2 x rank.
-    dropout: on the adapter's input; > 0 makes the learner's log-probs noisy, so the stale-weight alarm
-        (`actor/rollout_logp_abs_diff`) then reads the dropout too.
-    targets: the linear layers (last name component) that get an adapter.
-    """
-
-    rank: int = 0
-    alpha: float | None = None
-    dropout: float = 0.0
-    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
-
-    def __post_init__(self) -> None:
-        if self.rank < 0:
-            raise ValueError(f"model.lora.rank must be >= 0 (0 = full fine-tuning), got {self.rank}")
-        if self.alpha is not None and not self.alpha > 0:
-            raise ValueError(f"model.lora.alpha must be > 0 (or null = 2 x rank), got {self.alpha}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"model.lora.dropout must be in [0, 1), got {self.dropout}")
-        if self.rank and not self.targets:
-            raise ValueError(f"model.lora.targets is empty; name linear layers, e.g. {LORA_TARGETS}")
-
-    @property
-    def enabled(self) -> bool:
-        return self.rank > 0
-
-    @property
-    def scale_alpha(self) -> float:
-        return float(self.alpha if self.alpha is not None else 2 * self.rank)
-
-
-@dataclass(kw_only=True)
-class ModelCfg:
-    """What to train: a Hugging Face id or local directory, or 'builtin' for the embedded tiny model.
-
-    max_teacher_prompt_len caps a teacher's context (privileged message) in tokens; null = max_prompt_len +
-    max_new_tokens (room for a witness as long as a completion). Longer contexts are skipped and counted.
-    lora: train a LoRA adapter instead of every parameter (`LoraCfg`; rank 0 = full fine-tuning).
-    adapter: `sposd eval` only: a PEFT adapter folder evaluated on model.path as its base (merged first). An
-        adapter folder given as model.path itself finds its base in its adapter_config.json.
-    """
-
-    name: str = MISSING
-    path: str = MISSING
-    dtype: str = "float32"
-    trust_remote_code: bool = False
-    enable_thinking: bool = False
-    max_prompt_len: int = 512
-    max_new_tokens: int = 64
-    max_teacher_prompt_len: int | None = None
-    gradient_checkpointing: bool = False
-    lora: LoraCfg = field(default_factory=LoraCfg)
-    adapter: str | None = None
-    builtin: BuiltinModelCfg = field(default_factory=BuiltinModelCfg)
-    shape: ModelShapeCfg = field(default_factory=ModelShapeCfg)
-
-    def __post_init__(self) -> None:
-        _check_choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
-        _check_positive("model.max_prompt_len", self.max_prompt_len)
-        _check_positive("model.max_new_tokens", self.max_new_tokens)
-        if self.max_teacher_prompt_len is not None:
-            _check_positive("model.max_teacher_prompt_len", self.max_teacher_prompt_len)
+__all__ = [
+    "AlgoCfg",
+    "BENCHMARK_KEYS",
+    "BENCHMARK_KINDS",
+    "BenchmarkCfg",
+    "BuiltinModelCfg",
+    "CheckpointCfg",
+    "DataCfg",
+    "EVAL_PROMPT",
+    "EvalAppCfg",
+    "EvalCfg",
+    "HardwareCfg",
+    "InspectCfg",
+    "LORA_TARGETS",
+    "LoggerCfg",
+    "LoopCfg",
+    "LoraCfg",
+    "MIN_MICRO_BATCH_TOKENS",
+    "ModelCfg",
+    "ModelShapeCfg",
+    "OptimCfg",
+    "RolloutCfg",
+    "STOP_SIGNALS",
+    "TrainCfg",
+    "TrainEvalCfg",
+    "check_sampling",
+    "model_tag",
+    "register_configs",
+    "register_resolvers",
+    "to_object",
+]
 
 
 @dataclass(kw_only=True)
@@ -353,215 +244,6 @@ class OptimCfg:
         _check_positive("optim.warmup_steps", self.warmup_steps, allow_zero=True)
         _check_range("optim.min_lr_ratio", self.min_lr_ratio, 0, 1)
         _check_positive("optim.grad_clip (0 = off)", self.grad_clip, allow_zero=True)
-
-
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
-
-
-@dataclass(kw_only=True)
-class CheckpointCfg:
-    """When training state is saved (run_dir/checkpoints/step_N, see sposd/checkpoint.py).
-
-    Attributes:
-        every: save every N steps (0: only on exit).
-        keep: complete checkpoints kept (the newest); 0 keeps all.
-        on_exit: also save when the run ends (the last step, or a stop signal).
-        signals: signals that stop the run cleanly: finish the current step, save, exit (SLURM sends SIGTERM on
-            preemption and submitit's SIGUSR2 before the time limit).
-        requeue: under SLURM (SLURM_JOB_ID set), `scontrol requeue` the job after a signal-triggered save, so it
-            restarts and resumes.
-    """
-
-    every: int = 50
-    keep: int = 2
-    on_exit: bool = True
-    signals: list[str] = field(default_factory=lambda: list(STOP_SIGNALS))
-    requeue: bool = True
-
-    def __post_init__(self) -> None:
-        _check_positive("train.checkpoint.every", self.every, allow_zero=True)
-        _check_positive("train.checkpoint.keep", self.keep, allow_zero=True)
-        for sig in self.signals:
-            _check_choice("train.checkpoint.signals[]", sig, STOP_SIGNALS)
-
-
-@dataclass(kw_only=True)
-class TrainEvalCfg:
-    """When `sposd train` evaluates its policy on `benchmarks` (how: the `eval` group, as in `sposd eval`).
-
-    Attributes:
-        every: evaluate every N steps and at the last step (0 = off).
-    """
-
-    every: int = 0
-
-    def __post_init__(self) -> None:
-        _check_positive("train.eval.every", self.every, allow_zero=True)
-
-
-@dataclass(kw_only=True)
-class InspectCfg:
-    """What `sposd train` records for `sposd inspect` (run_dir/inspect/step_N.jsonl.gz, see sposd/inspect/).
-
-    Attributes:
-        every: every N steps (and at step 1), record for a few distilled rows, from the learner step's own student
-            and teacher logits, per token the divergence the loss uses, its clip, both models' probabilities and
-            their top alternatives (0 = off).
-        rows: distilled rows recorded per step (over all ranks).
-        topk: alternatives recorded per position, for the teacher and for the student.
-    """
-
-    every: int = 0
-    rows: int = 4
-    topk: int = 3
-
-    def __post_init__(self) -> None:
-        _check_positive("train.inspect.every", self.every, allow_zero=True)
-        _check_positive("train.inspect.rows", self.rows)
-        _check_positive("train.inspect.topk", self.topk)
-
-
-@dataclass(kw_only=True)
-class LoopCfg:
-    """When `sposd train` does more than a step: evaluations, checkpoints, and where it resumes from.
-
-    Attributes:
-        resume: "auto" (continue the newest complete checkpoint of this run directory, if any), "never", or the
-            path of a checkpoint (checkpoints/step_N) or of a run directory (its newest checkpoint).
-        existing_run: what a fresh start (resume "never" or another run's checkpoint) does when the run directory
-            already holds a run: "refuse" (exit, naming a folder to use instead) or "move_aside" (rename the old
-            run to `<dir>.old-<N>` first). Runs are never mixed in one folder.
-        checkpoint: when to save.
-        eval: when to evaluate on benchmarks.
-        inspect: what is recorded for `sposd inspect` (the distillation signal, token by token).
-        ignore_memory_plan: start a GPU run whose memory plan (`sposd plan`) says it does not fit.
-    """
-
-    resume: str = "auto"
-    existing_run: str = "refuse"
-    checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
-    eval: TrainEvalCfg = field(default_factory=TrainEvalCfg)
-    inspect: InspectCfg = field(default_factory=InspectCfg)
-    ignore_memory_plan: bool = False
-
-    def __post_init__(self) -> None:
-        _check_choice("train.existing_run", self.existing_run, ("refuse", "move_aside"))
-        if not self.resume:
-            raise ValueError("train.resume is empty; use auto, never, or the path of a checkpoint or run directory")
-
-
-# The user message of the evaluation protocol (spec/ALGORITHMS.md 0.7, siyan-zhao/OPSD eval/evaluate_math.py).
-EVAL_PROMPT = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
-BENCHMARK_KINDS = ("hf", "local", "toy")
-BENCHMARK_KEYS = ("id", "problem", "answer")
-
-
-@dataclass(kw_only=True)
-class BenchmarkCfg:
-    """One evaluation benchmark (group `benchmarks`, several selected at once: `benchmarks=[aime24,math500]`).
-
-    Attributes:
-        kind: "hf" (a Hugging Face dataset), "local" (a JSONL / parquet file) or "toy" (the toy task's held-out
-            split, generated with the `data.*` knobs). Setting `path` turns an "hf" benchmark into a local one.
-        hf_id, hf_config, split, hf_fields: the Hub dataset and its column names (our key -> column).
-        path: a local .jsonl / .json / .parquet file to read instead of the Hub.
-        fields: our key (id, problem, answer) -> column, overriding hf_fields for a Hub set; null keeps the
-            default column (hf_fields', or for a local file the same name: id, problem, answer).
-        prompt: the user message with a `{problem}` placeholder; null = `eval.prompt`.
-        enable_thinking: the chat template's thinking switch for this benchmark; null = `eval.enable_thinking`.
-        limit: evaluate only the first `limit` problems; null = `eval.limit`.
-    """
-
-    kind: str = "hf"
-    hf_id: str | None = None
-    hf_config: str | None = None
-    split: str = "test"
-    hf_fields: dict[str, str] = field(default_factory=dict)
-    path: str | None = None
-    fields: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(BENCHMARK_KEYS))
-    prompt: str | None = None
-    enable_thinking: bool | None = None
-    limit: int | None = None
-
-    def check(self, name: str) -> None:
-        """Raise ValueError naming `benchmarks.<name>.<key>`; called by the config holding the benchmark, which
-        knows its name (a dataclass does not know the key it sits under)."""
-        key = f"benchmarks.{name}"
-        _check_choice(f"{key}.kind", self.kind, BENCHMARK_KINDS)
-        if self.kind == "hf" and not (self.hf_id or self.path):
-            raise ValueError(f"{key} needs {key}.hf_id=<owner/name> or {key}.path=<file.jsonl|file.parquet>")
-        if self.kind == "local" and not self.path:
-            raise ValueError(f"{key} needs {key}.path=<file.jsonl|file.parquet>")
-        if self.kind == "toy" and self.path:
-            raise ValueError(f"{key} is generated (kind toy) and takes no path, got {key}.path={self.path!r}")
-        for attr in ("hf_fields", "fields"):
-            bad = sorted(set(getattr(self, attr)) - set(BENCHMARK_KEYS))
-            if bad:
-                raise ValueError(f"{key}.{attr} has unknown keys {bad}; valid: {list(BENCHMARK_KEYS)}")
-        if self.prompt is not None and "{problem}" not in self.prompt:
-            raise ValueError(f"{key}.prompt must contain {{problem}}, got {self.prompt!r}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"{key}.limit must be >= 1 (or null for all), got {self.limit}")
-
-
-def _check_benchmarks(benchmarks: dict[str, BenchmarkCfg]) -> None:
-    for name, b in benchmarks.items():
-        b.check(name)
-
-
-@dataclass(kw_only=True)
-class EvalCfg:
-    """How to evaluate (group `eval`, presets `opsd_repo`, `qwen3_recommended`); spec/ALGORITHMS.md 0.7.
-
-    Attributes:
-        k: samples per problem (Avg@k, pass@k', maj@k).
-        temperature, top_p, top_k, min_p, max_new_tokens: vLLM sampling (top_k -1 = off).
-        max_model_len: vLLM's prompt + completion budget; null = the smaller of the model's context length and
-            the longest prompt + max_new_tokens.
-        enable_thinking: the chat template's thinking switch (Qwen3).
-        prompt: the user message with a `{problem}` placeholder, rendered with the model's chat template.
-        answer_line_fallback: grade an `Answer: ...` last line when a completion has no \\boxed{}.
-        grade_timeout_s, grade_workers: the verifier pool (hard per-answer deadline; workers null = min(4, cpus)).
-        limit: evaluate only the first `limit` problems of each benchmark (null = all).
-        gpu_memory_utilization: vLLM's share of the GPU in `sposd eval` (training uses hardware.*).
-        results_every_s: rewrite results.json (marked incomplete) at most this often while generating.
-    """
-
-    name: str = MISSING
-    k: int = 12
-    temperature: float = 1.0
-    top_p: float = 0.95
-    top_k: int = -1
-    min_p: float = 0.0
-    max_new_tokens: int = 38912
-    max_model_len: int | None = None
-    enable_thinking: bool = True
-    prompt: str = EVAL_PROMPT
-    answer_line_fallback: bool = True
-    grade_timeout_s: float = 5.0
-    grade_workers: int | None = None
-    limit: int | None = None
-    gpu_memory_utilization: float = 0.9
-    results_every_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"eval.k must be >= 1, got {self.k}")
-        check_sampling("eval", temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
-                       allow_greedy=True)
-        _check_positive("eval.max_new_tokens", self.max_new_tokens)
-        if self.max_model_len is not None:
-            _check_positive("eval.max_model_len", self.max_model_len)
-        if "{problem}" not in self.prompt:
-            raise ValueError(f"eval.prompt must contain {{problem}}, got {self.prompt!r}")
-        _check_positive("eval.grade_timeout_s", self.grade_timeout_s)
-        if self.grade_workers is not None:
-            _check_positive("eval.grade_workers", self.grade_workers)
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"eval.limit must be >= 1 (or null for all), got {self.limit}")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError(f"eval.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        _check_positive("eval.results_every_s", self.results_every_s)
 
 
 @dataclass(kw_only=True)
