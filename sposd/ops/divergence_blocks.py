@@ -15,6 +15,13 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def lerp_logits(teacher_NV: Tensor, partner_NV: Tensor, gamma: float) -> Tensor:
+    """(1 - gamma) z_T + gamma sg(z_P), computed in at least fp32, returned in the teacher's dtype (PAINT's
+    energy-space interpolation of one block of rows)."""
+    acc = _acc(teacher_NV.dtype)
+    return torch.lerp(teacher_NV.to(acc), partner_NV.detach().to(acc), gamma).to(teacher_NV.dtype)
+
+
 def _floor(dtype: torch.dtype) -> float:
     """Finite stand-in for -inf logits (masked tokens), so 0 * log-ratio stays 0 instead of NaN."""
     return max(-1e30, torch.finfo(dtype).min)

@@ -26,6 +26,8 @@ import math
 import torch
 from torch import Tensor
 
+from sposd.ops.divergence_blocks import lerp_logits
+
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
@@ -95,16 +97,11 @@ class HiddenLogits:
         """Logits [n, V] at the flattened positions pos_n (in the model dtype, as the output layer gives them)."""
         h_NH = self.flat_hidden() if h_NH is None else h_NH
         z_nV = torch.nn.functional.linear(h_NH[pos_n], self.weight, self.bias)
-        if self.interp is not None:
-            from sposd.ops.teacher_signal import interpolate_teacher_logits_
-
+        if self.interp is not None:  # PAINT's interpolation, recorded by interpolate_teacher_logits_
             partner, mask, gamma = self.interp
             sel = mask.reshape(-1)[pos_n].nonzero().squeeze(-1)
             if sel.numel():
-                sub = z_nV[sel]
-                ones = torch.ones(1, sel.numel(), dtype=torch.bool, device=sub.device)
-                interpolate_teacher_logits_(sub[None], partner.block(pos_n[sel])[None], ones, gamma=gamma)
-                z_nV[sel] = sub
+                z_nV[sel] = lerp_logits(z_nV[sel], partner.block(pos_n[sel]), gamma)
         return z_nV
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from sposd.ops.divergence import SUPPORTS, _GatheredLogSoftmax, _log1mexp, _topk_indices
-from sposd.ops.divergence_blocks import _acc, _plogr, _spans
+from sposd.ops.divergence_blocks import _acc, _plogr, _spans, lerp_logits
 from sposd.ops.fused import HiddenLogits, per_position
 
 MISMATCH_SIGNS = ("abs", "teacher_sharper", "student_sharper")
@@ -67,9 +67,7 @@ def interpolate_teacher_logits_(
     rows, cols = mask_BT.nonzero(as_tuple=True)
     for s in range(0, rows.numel(), chunk_tokens):
         r, c = rows[s : s + chunk_tokens], cols[s : s + chunk_tokens]
-        acc = _acc(teacher_logits_BTV.dtype)
-        mixed = torch.lerp(teacher_logits_BTV[r, c].to(acc), student_logits_BTV[r, c].detach().to(acc), gamma)
-        teacher_logits_BTV[r, c] = mixed.to(teacher_logits_BTV.dtype)
+        teacher_logits_BTV[r, c] = lerp_logits(teacher_logits_BTV[r, c], student_logits_BTV[r, c], gamma)
 
 
 SG_TOPK_FROM = ("student", "teacher")
