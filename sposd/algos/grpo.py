@@ -12,7 +12,7 @@ Legend: B rows of a micro-batch, T completion tokens.
 
 from __future__ import annotations
 
-from sposd.algos.base import LossTerm, Normalizer, PolicyBatch
+from sposd.algos.batch import LossTerm, Normalizer, PolicyBatch
 from sposd.algos.config import AlgoCfg
 from sposd.ops.aggregation import aggregate
 from sposd.ops.policy_loss import clipped_surrogate, kl_penalty_k3

@@ -8,9 +8,9 @@ weights / units      prompt_mean (SSOPD) | token_mean (OPSD)
 
 from __future__ import annotations
 
-from sposd.algos.base import TeacherContext, TeacherRequest
+from sposd.algos.batch import TeacherRequest
 from sposd.algos.config import DistillCfg
-from sposd.algos.distill.contexts import GroupView, RenderArgs, make_context
+from sposd.algos.distill.contexts import GroupView, RenderArgs, TeacherContext, make_context
 from sposd.algos.distill.selections import make_selection
 from sposd.ops.repetition import ends_in_loop
 from sposd.ops.selection import prefix_length, prompt_weight

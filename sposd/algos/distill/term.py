@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from sposd.algos.base import DistillBatch, Normalizer, PolicyBatch
+from sposd.algos.batch import DistillBatch, Normalizer, PolicyBatch
 from sposd.algos.config import DistillCfg
 from sposd.algos.distill.selections import make_selection, make_token_weighting
 from sposd.algos.schedule import coef_at
