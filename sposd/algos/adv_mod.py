@@ -23,6 +23,7 @@ from torch import Tensor
 from sposd.algos.distill.contexts import TeacherContext
 from sposd.algos.schedule import coef_at
 from sposd.ops.advantage_mods import ace_advantages, cepo_token_factors, confidence_shift, gopd_advantages
+from sposd.text import extract_last_boxed
 from sposd.types import RolloutGroup
 
 if TYPE_CHECKING:  # the config and the batch contracts import this module's registries
@@ -33,7 +34,6 @@ if TYPE_CHECKING:  # the config and the batch contracts import this module's reg
 def _rejected_answer(group: RolloutGroup, fallback_chars: int) -> str | None:
     """CEPO's negative answer: the boxed answer of the lowest-reward rejected rollout (ties: the first), or its
     first `fallback_chars` characters when it has none; None when every rollout was accepted."""
-    from sposd.rewards.extract import extract_last_boxed  # stdlib only: keeps `import sposd.algos` light
 
     rejected = [c for c in group.completions if not c.correct]
     if not rejected:

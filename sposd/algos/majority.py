@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from sposd.text import extract_answer
 from sposd.types import RolloutGroup
 
 GradePairs = Callable[[Sequence[tuple[str, str]]], list[bool]]
@@ -45,7 +46,6 @@ def label_answer_classes(groups: list[RolloutGroup], grade_pairs: GradePairs) ->
         groups: the step's groups.
         grade_pairs: (completion text, gold answer) pairs -> verdicts (`VerifierPool.grade`).
     """
-    from sposd.rewards.extract import extract_answer  # lazy: the rewards layer (stdlib only at import)
 
     per_group = [[extract_answer(c.text) for c in g.completions] for g in groups]
     pairs, where = [], []

@@ -7,8 +7,7 @@ transition sentence before the same instruction.
 
 from __future__ import annotations
 
-import re
-
+from sposd.text import strip_thinking  # noqa: F401  (re-exported: data's name for it)
 from sposd.types import Prompt
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -62,8 +61,6 @@ STUDENT_PROMPT_MODES = ("chat_template", "stripped_template")
 REFERENCE_UNITS = ("tokens", "lines")
 HIDDEN_MARKER = "(the rest of the solution is hidden)"
 
-_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
-_THINK_OPEN_TAIL = re.compile(r"<think>.*\Z", re.DOTALL)
 
 
 def build_user_message(problem: str, *, instruction: str = MATH_INSTRUCTION) -> str:
@@ -149,21 +146,6 @@ def build_concise_message(problem: str) -> str:
     return CONCISE_TEMPLATE.format(question=problem)
 
 
-def strip_thinking(text: str) -> str:
-    """The text without its thinking: <think>...</think> blocks removed, then surrounding whitespace stripped.
-
-    An unclosed trailing "<think>..." (a completion cut off mid-thought) is removed to the end of the text. A
-    "</think>" with no opening tag before it (templates that pre-fill "<think>" in the prompt) drops everything up to
-    and including it. Text without think tags is returned stripped.
-
-    Args:
-        text: a completion's decoded text.
-    """
-    text = _THINK_BLOCK.sub("", text)
-    text = _THINK_OPEN_TAIL.sub("", text)
-    if "</think>" in text:  # any remaining close tag has no opening one before it
-        text = text.rsplit("</think>", 1)[1]
-    return text.strip()
 
 
 def stripped_template_ids(tokenizer, prompt_ids: list[int]) -> list[int]:

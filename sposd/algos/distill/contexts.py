@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sposd.ops.selection import select_longest_minority
+from sposd.text import strip_thinking
 from sposd.types import Completion, RolloutGroup
 
 CONTEXT_KINDS = ("wrap", "reviser", "concise", "splice")
@@ -107,8 +108,6 @@ class _WitnessText(ContextComponent):
         assert source is not None, f"{type(self).__name__} renders a completion's text"
         text = view.comps[source].text
         if args.strip_witness_thinking:
-            from sposd.data.templates import strip_thinking  # lazy: the data layer
-
             text = strip_thinking(text)
         return TeacherContext("wrap", text)
 
