@@ -165,8 +165,8 @@ def shutdown() -> None:
     """
     if not dist.is_initialized():
         return
-    # DeepSpeed engines live in reference cycles: collect them now, so their pending collective handles (and the
-    # tensors gloo's threads hold for them) are freed while the interpreter can still take the GIL for them
+    # free what is already garbage (e.g. finished collective handles and the tensors gloo's threads hold for them)
+    # while the interpreter can still take the GIL; a DeepSpeed engine in use stays alive (its hooks reference it)
     gc.collect()
     if dist.get_world_size() > 1:
         dist.barrier()
