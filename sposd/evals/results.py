@@ -143,7 +143,7 @@ def _fmt(x: float | None) -> str:
 
 def checkpoint_views(history: list[dict]) -> dict | None:
     """The three readings of evaluations over checkpoints (spec/ALGORITHMS.md 0.8), from rows with `step` and
-    `eval/<bench>/avg@k` keys (metrics.jsonl rows or `TrainingEval.history`).
+    `eval/<bench>/avg@k` keys (metrics.jsonl rows or `sposd.loop.evals.TrainingEval.history`).
 
     Returns None without evaluations, else:
         final: the last evaluated step's avg@k per benchmark and macro (what a user gets without peeking);

@@ -17,7 +17,7 @@ from sposd import dist as sdist
 from sposd.config import TrainCfg
 from sposd.errors import UserError
 from sposd.logging import MetricsLogger, quiet_libraries, redact_secrets, write_atomic
-from sposd.loop.evals import HeldoutEval, heldout_eval
+from sposd.loop.evals import HeldoutEval, TrainingEval, heldout_eval
 from sposd.loop.metrics import say
 from sposd.loop.rollouts import PromptSampler
 from sposd.rollout.base import SamplingCfg
@@ -126,7 +126,7 @@ class Components:
     verifier: Any
     logger: MetricsLogger
     heldout: HeldoutEval | None
-    benchmarks: Any  # sposd.evaluate.TrainingEval (train.eval.every)
+    benchmarks: Any  # sposd.loop.evals.TrainingEval (train.eval.every)
     skipped_long_prompts: int = 0  # training records dropped for prompts over model.max_prompt_len (data.long_prompts)
 
     @property
@@ -190,7 +190,6 @@ def build(
     from sposd.algos import get_algo
     from sposd.data.sources import fit_prompt_lengths
     from sposd.data.templates import make_prompt, stripped_template_ids
-    from sposd.evaluate import TrainingEval
     from sposd.models.paths import load_tokenizer, resolve_model_path
     from sposd.rewards import VerifierPool
     from sposd.rollout.colocation import Colocation
