@@ -56,6 +56,16 @@ class _Optim:
     warmup_steps, schedule, min_lr_ratio, grad_clip = 0, "constant", 0.0, 1.0
 
 
+def _learner(model_dir, algo, *, micro_batch_tokens: int, **kw):
+    """The tiny learner these parity tests step: one CPU rank, fp32, ZeRO-3, lr 0 (`_Optim`), pad id 0."""
+    from sposd.learner.learner import DeepSpeedLearner
+
+    kw.setdefault("total_steps", 10)
+    kw.setdefault("loss_temperature", TEMPERATURE)
+    return DeepSpeedLearner(str(model_dir), algo=algo, optim=_Optim, device="cpu", dtype="float32", zero_stage=3,
+                            micro_batch_tokens=micro_batch_tokens, pad_id=0, **kw)  # fmt: skip
+
+
 def _algo_cfg(name: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
@@ -116,24 +126,12 @@ def _dense_logits(hidden, weight, bias):
 def test_one_step_on_hidden_states_equals_the_dense_path(case, tiny_model_dir, monkeypatch):
     from sposd.algos import get_algo
     from sposd.learner import passes
-    from sposd.learner.learner import DeepSpeedLearner
 
     name, overrides = VARIANTS.get(case, (case, []))
     cfg = _algo_cfg(name, overrides)
     algo = get_algo(cfg.name)(cfg, rollout_temperature=TEMPERATURE)
     algo.begin_step(1, 10)
-    learner = DeepSpeedLearner(
-        str(tiny_model_dir),
-        algo=algo,
-        optim=_Optim,
-        total_steps=10,
-        device="cpu",
-        dtype="float32",
-        zero_stage=3,
-        micro_batch_tokens=24,  # three micro-batches
-        pad_id=0,
-        loss_temperature=TEMPERATURE,
-    )
+    learner = _learner(tiny_model_dir, algo, micro_batch_tokens=24)  # three micro-batches
     samples = _samples(algo)
     m_new, g_new = _step_and_grads(learner, samples)
     with monkeypatch.context() as mp:
@@ -178,22 +176,10 @@ def test_qwen3_vocabulary_step_on_hidden_states_equals_the_dense_path(qwen3_voca
     # SSOPD (clipped surrogate + full-vocabulary JSD to the current policy) with 151,936 logits per position
     from sposd.algos import get_algo
     from sposd.learner import passes
-    from sposd.learner.learner import DeepSpeedLearner
 
     cfg = _algo_cfg("ssopd", [])
     algo = get_algo(cfg.name)(cfg, rollout_temperature=TEMPERATURE)
-    learner = DeepSpeedLearner(
-        str(qwen3_vocab_model_dir),
-        algo=algo,
-        optim=_Optim,
-        total_steps=10,
-        device="cpu",
-        dtype="float32",
-        zero_stage=3,
-        micro_batch_tokens=24,
-        pad_id=0,
-        loss_temperature=TEMPERATURE,
-    )
+    learner = _learner(qwen3_vocab_model_dir, algo, micro_batch_tokens=24)
     big = [
         LearnerSample(
             [150_000 + t for t in s.prompt_ids],

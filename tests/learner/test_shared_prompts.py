@@ -9,7 +9,7 @@ import gc
 
 import pytest
 import torch
-from test_hidden_state_parity import _algo_cfg, _Optim, _step_and_grads
+from test_hidden_state_parity import _algo_cfg, _learner, _step_and_grads
 
 from sposd.learner.batching import LearnerSample, collate, distinct_prompts
 from sposd.learner.plan import plan_micro_batches
@@ -78,26 +78,15 @@ def test_shared_prompt_micro_batches_count_a_prompt_once():
 )
 def test_one_step_with_shared_prompts_equals_the_step_without(algo_name, overrides, tiny_model_dir):
     from sposd.algos import get_algo
-    from sposd.learner.learner import DeepSpeedLearner
 
     cfg = _algo_cfg(algo_name, overrides)
     algo = get_algo(cfg.name)(cfg, rollout_temperature=TEMPERATURE)
     algo.begin_step(1, 10)
     results = []
     for share in (True, False):
-        learner = DeepSpeedLearner(
-            str(tiny_model_dir),
-            algo=algo,
-            optim=_Optim,
-            total_steps=10,
-            device="cpu",
-            dtype="float32",
-            zero_stage=3,
-            micro_batch_tokens=40,  # two or three micro-batches either way
-            pad_id=0,
-            loss_temperature=TEMPERATURE,
-            share_prompts=share,
-        )
+        # two or three micro-batches either way
+        learner = _learner(tiny_model_dir, algo, micro_batch_tokens=40, loss_temperature=TEMPERATURE,
+                           share_prompts=share)  # fmt: skip
         assert learner.share_prompts is share
         results.append(_step_and_grads(learner, _samples()))
         del learner
@@ -113,22 +102,11 @@ def test_one_step_with_shared_prompts_equals_the_step_without(algo_name, overrid
 
 def test_gradient_checkpointing_turns_sharing_off(tiny_model_dir):
     from sposd.algos import get_algo
-    from sposd.learner.learner import DeepSpeedLearner
 
     cfg = _algo_cfg("grpo", [])
-    learner = DeepSpeedLearner(
-        str(tiny_model_dir),
-        algo=get_algo(cfg.name)(cfg, rollout_temperature=1.0),
-        optim=_Optim,
-        total_steps=1,
-        device="cpu",
-        dtype="float32",
-        zero_stage=3,
-        micro_batch_tokens=64,
-        pad_id=0,
-        gradient_checkpointing=True,
-        share_prompts=True,
-    )
+    algo = get_algo(cfg.name)(cfg, rollout_temperature=1.0)
+    learner = _learner(tiny_model_dir, algo, micro_batch_tokens=64, total_steps=1, loss_temperature=1.0,
+                       gradient_checkpointing=True, share_prompts=True)  # fmt: skip
     try:
         assert learner.share_prompts is False  # transformers would drop the prompt's cache under checkpointing
     finally:
