@@ -20,8 +20,6 @@ import statistics
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,20 +29,15 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
 
-    from hydra import compose, initialize_config_dir
-
-    from sposd.config import register_configs, register_resolvers, to_object
     from sposd.inspect.records import load_step, recorded_steps
+    from sposd.plan import compose_train_cfg
     from sposd.train import train
 
-    register_resolvers()
-    register_configs()
     over = [
         f"num_steps={args.steps}", "heldout_eval=false", "save_final=false", "logger=jsonl",
         "train.inspect.every=2", f"train.inspect.rows={args.rows}", *args.overrides,
     ]  # fmt: skip
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = to_object(compose("train", overrides=over))
+    cfg = compose_train_cfg(over)
     with tempfile.TemporaryDirectory(prefix="bench_inspect_") as tmp:
         run = Path(tmp) / "run"
         train(cfg, run)

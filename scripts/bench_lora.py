@@ -37,7 +37,6 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 PROMPT, CONTEXT = 32, 96
 
 
@@ -71,18 +70,15 @@ def _rss_gb() -> float:
 def run_case(model: str, mode: str, T: int, steps: int, tmp: str) -> dict:
     """Build the learner in this (fresh) process, train, checkpoint and stream; returns the numbers."""
     import torch
-    from hydra import compose, initialize_config_dir
 
     from sposd.algos import get_algo
-    from sposd.config import LoraCfg, register_configs, register_resolvers, to_object
+    from sposd.config import LoraCfg
     from sposd.learner.batching import LearnerSample
     from sposd.learner.learner import DeepSpeedLearner
+    from sposd.plan import compose_train_cfg
     from sposd.sync.weights import iter_gathered_params
 
-    register_resolvers()
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = to_object(compose("train", overrides=["hardware=cpu", "algo=opsd"])).algo
+    cfg = compose_train_cfg(["hardware=cpu", "algo=opsd"]).algo
     assert cfg.distill.teacher == "initial"
 
     class Optim:

@@ -116,14 +116,9 @@ def run_state(d: Path) -> str:
 
 
 def group_size(arm: str) -> int:
-    from hydra import compose, initialize_config_dir
+    from sposd.plan import compose_train_cfg
 
-    from sposd.config import register_configs, register_resolvers, to_object
-
-    register_resolvers()
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return to_object(compose("train", overrides=[f"algo={arm}"])).algo.group_size
+    return compose_train_cfg([f"algo={arm}"]).algo.group_size
 
 
 def train_command(cell: dict, seed: int, d: Path, budget: dict, g: int, extra: list[str]) -> list[str]:
