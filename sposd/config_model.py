@@ -23,6 +23,9 @@ class BuiltinModelCfg:
     warmstart_lr: float = 3e-3
     warmstart_batch_size: int = 32
     privileged_frac: float = 0.35
+    # the share of student-prompt warm-start demonstrations with one arithmetic slip (sposd.data.toy.slipped_solution):
+    # noisy demonstrations leave a habit that RL can remove (README "Does SSOPD beat GRPO?")
+    slip_frac: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -38,6 +41,7 @@ class BuiltinModelCfg:
         _check_positive("model.builtin.warmstart_steps", self.warmstart_steps, allow_zero=True)
         _check_positive("model.builtin.warmstart_lr", self.warmstart_lr)
         _check_range("model.builtin.privileged_frac", self.privileged_frac, 0, 1)
+        _check_range("model.builtin.slip_frac", self.slip_frac, 0, 1)
         _check_positive("model.builtin.seed", self.seed, allow_zero=True)
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError(

@@ -80,6 +80,25 @@ def worked_solution(operands: list[int], ops: list[str], *, style: str = "own") 
     raise ValueError(f"toy: solution style {style!r} has no worked solution; choose from ['own', 'foreign']")
 
 
+def slipped_solution(operands: list[int], ops: list[str], rng: random.Random) -> str:
+    """An own-style worked solution with one arithmetic slip: one step's result off by 1 or 2 (either sign), the
+    later steps computed correctly from the wrong value, so the final answer is wrong. Example: "Compute 12+7-15."
+    -> "12+7=20. 20-15=5. \\boxed{5}". The warm start imitates such noisy demonstrations (`slip_frac`).
+    """
+    results = _partial_results(operands, ops)
+    at = rng.randrange(len(results))
+    acc = results[at] + rng.choice([-2, -1, 1, 2])
+    lefts = [operands[0], *results[:-1]]
+    steps = [f"{a}{o}{x}={r}." for a, o, x, r in zip(lefts[:at], ops[:at], operands[1:at + 1], results[:at],
+                                                       strict=True)]
+    steps.append(f"{lefts[at]}{ops[at]}{operands[at + 1]}={acc}.")
+    for o, x in zip(ops[at + 1:], operands[at + 2:], strict=True):
+        new = acc + x if o == "+" else acc - x
+        steps.append(f"{acc}{o}{x}={new}.")
+        acc = new
+    return " ".join(steps) + f" \\boxed{{{acc}}}"
+
+
 def parse_problem(problem: str) -> tuple[list[int], list[str]]:
     """(operands, operators) of a toy problem text "Compute 12+7-15." (the inverse of make_problem)."""
     m = _PROBLEM.fullmatch(problem)

@@ -32,6 +32,7 @@ def resolve_model_path(model: ModelCfg, *, data: DataCfg, cache_dir: str, rank: 
             lr=b.warmstart_lr,
             batch_size=b.warmstart_batch_size,
             privileged_frac=b.privileged_frac,
+            slip_frac=b.slip_frac,
             seed=b.seed,
             max_operand=data.max_operand,
             min_terms=data.min_terms,

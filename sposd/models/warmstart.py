@@ -46,7 +46,7 @@ from sposd.data.templates import (
     build_user_message,
     render_prompt_ids,
 )
-from sposd.data.toy import check_knobs, sample_problem, split_of
+from sposd.data.toy import check_knobs, parse_problem, sample_problem, slipped_solution, split_of
 from sposd.models.tiny import atomic_dir, build_tiny_model
 
 # Bump when the recipe changes in a way the knobs do not capture: cached models are keyed on it (with the
@@ -133,6 +133,7 @@ def warm_start(
     min_lr_ratio: float = 0.1,
     weight_decay: float = 0.0,
     grad_clip: float = 1.0,
+    slip_frac: float = 0.0,
     instruction: str = TOY_INSTRUCTION,
     enable_thinking: bool = False,
     num_threads: int | None = None,
@@ -156,12 +157,13 @@ def warm_start(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_knobs(max_operand=max_operand, min_terms=min_terms, max_terms=max_terms)
-    if steps < 0 or batch_size < 1 or not 0 <= privileged_frac <= 1 or lr <= 0:
-        raise ValueError(f"warm_start: need steps >= 0, batch_size >= 1, lr > 0, 0 <= privileged_frac <= 1; got "
-                         f"steps={steps}, batch_size={batch_size}, lr={lr}, privileged_frac={privileged_frac}")
+    if steps < 0 or batch_size < 1 or not 0 <= privileged_frac <= 1 or lr <= 0 or not 0 <= slip_frac <= 1:
+        raise ValueError(f"warm_start: need steps >= 0, batch_size >= 1, lr > 0, 0 <= privileged_frac <= 1, "
+                         f"0 <= slip_frac <= 1; got steps={steps}, batch_size={batch_size}, lr={lr}, "
+                         f"privileged_frac={privileged_frac}, slip_frac={slip_frac}")
     knobs = dict(steps=steps, lr=lr, batch_size=batch_size, seed=seed, privileged_frac=privileged_frac,
                  max_operand=max_operand, min_terms=min_terms, max_terms=max_terms, warmup_steps=warmup_steps,
-                 min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, grad_clip=grad_clip,
+                 min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, grad_clip=grad_clip, slip_frac=slip_frac,
                  instruction=instruction, enable_thinking=enable_thinking)
     t_start = time.perf_counter()
     with _threads(num_threads):
@@ -182,7 +184,8 @@ def warm_start(
         prompt_knobs = dict(instruction=instruction, enable_thinking=enable_thinking)
         losses: list[float] = []
         for step in range(steps):
-            plain, priv = _draw_examples(tok, rng, batch_size, privileged_frac, problem_knobs, **prompt_knobs)
+            plain, priv = _draw_examples(tok, rng, batch_size, privileged_frac, problem_knobs, slip_frac=slip_frac,
+                                         **prompt_knobs)
             n_targets = sum(len(r) for _, r in plain + priv)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
@@ -218,10 +221,16 @@ def warm_start(
 
 
 def _draw_examples(
-    tok, rng: random.Random, n: int, privileged_frac: float, problem_knobs: dict, **prompt_knobs
+    tok, rng: random.Random, n: int, privileged_frac: float, problem_knobs: dict, *, slip_frac: float = 0.0,
+    **prompt_knobs
 ) -> tuple[list, list]:
     """One step's `n` fresh train-split examples as (prompt ids, reply ids), split into student-prompt examples and
-    teacher-message ones (`pick_format`), which are padded separately (teacher messages are ~4x longer)."""
+    teacher-message ones (`pick_format`), which are padded separately (teacher messages are ~4x longer).
+
+    A fraction `slip_frac` of the student-prompt examples answers with a `slipped_solution` (one step off by 1-2):
+    the demonstrations are noisy, as a weaker model's would be. Teacher-message replies are always correct, so the
+    model learns to follow a reference faithfully.
+    """
     plain: list = []
     priv: list = []
     while len(plain) + len(priv) < n:
@@ -229,6 +238,8 @@ def _draw_examples(
         if split_of(rec["problem"]) != "train":
             continue
         fmt = pick_format(rng, privileged_frac)
+        if fmt == "student" and slip_frac > 0 and rng.random() < slip_frac:
+            rec = dict(rec, solution=slipped_solution(*parse_problem(rec["problem"]), rng))
         (plain if fmt == "student" else priv).append(format_example_ids(tok, rec, fmt, rng, **prompt_knobs))
     return plain, priv
 
@@ -268,6 +279,8 @@ def _resolve_toy_knobs(knobs: dict) -> tuple[dict, dict, dict]:
     # num_threads and logging do not change what is trained, so they are not part of the key
     keyed = {p.name: warm.get(p.name, p.default) for p in params.values()
              if p.kind is p.KEYWORD_ONLY and p.name not in ("log", "log_every", "num_threads")}
+    if not keyed["slip_frac"]:  # clean demonstrations: the key (and the cached model) of before the knob existed
+        del keyed["slip_frac"]
     return arch, warm, dict(arch, **keyed)
 
 

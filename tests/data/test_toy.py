@@ -70,3 +70,24 @@ def test_default_training_set_has_the_heldout_sets_term_mix():
     for seed in (0, 1):
         train, heldout = toy_records(seed=seed), toy_records(200, seed=seed, split="heldout")
         assert abs(two_term_share(train) - two_term_share(heldout)) < 0.05
+
+
+def test_slipped_solution_by_hand():
+    import random
+
+    from sposd.data.toy import slipped_solution, worked_solution
+
+    # 12+7-15: the correct steps are 19 and 4. A slip of d at step 0 gives 19+d, then 19+d-15 = 4+d; a slip at
+    # step 1 keeps 19 and gives 4+d. d is in {-2, -1, 1, 2}.
+    seen = set()
+    rng = random.Random(0)
+    for _ in range(200):
+        s = slipped_solution([12, 7, 15], ["+", "-"], rng)
+        m = re.fullmatch(r"12\+7=(-?\d+)\. (-?\d+)-15=(-?\d+)\. \\boxed\{(-?\d+)\}", s)
+        assert m, s
+        r0, left, r1, boxed = (int(g) for g in m.groups())
+        assert left == r0 and boxed == r1  # later steps follow the wrong value
+        assert (r0 == 19 and r1 - 4 in (-2, -1, 1, 2)) or (r0 - 19 in (-2, -1, 1, 2) and r1 == r0 - 15)
+        seen.add((r0 != 19, r1 - 4))
+    assert len(seen) == 8  # every step and every offset occurs
+    assert worked_solution([12, 7, 15], ["+", "-"]) == "12+7=19. 19-15=4. \\boxed{4}"  # clean one unchanged

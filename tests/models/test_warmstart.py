@@ -6,6 +6,7 @@ The calibrated warm start itself (hundreds of steps, about a minute) is not run 
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -123,3 +124,35 @@ def test_cache_key_changes_with_the_format_mix(monkeypatch):
     assert ws.toy_model_key(**knobs) == key
     monkeypatch.setattr(ws, "RECIPE_VERSION", ws.RECIPE_VERSION + 1)
     assert ws.toy_model_key(**knobs) != key
+
+
+def test_slip_frac_noises_student_replies_only():
+    import random
+
+    from sposd.data.teacher_formats import pick_format
+    from sposd.data.toy import parse_problem, split_of, worked_solution
+
+    tok = build_char_tokenizer()
+    knobs = dict(max_operand=19, min_terms=2, max_terms=3)
+    # slip_frac 0 draws exactly what the warm start drew before the knob existed (same rng stream, same key)
+    a = ws._draw_examples(tok, random.Random(3), 64, 0.35, knobs)
+    b = ws._draw_examples(tok, random.Random(3), 64, 0.35, knobs, slip_frac=0.0)
+    assert a == b
+    plain, priv = ws._draw_examples(tok, random.Random(3), 400, 0.35, knobs, slip_frac=0.5)
+
+    def wrong(prompt, reply):
+        problem = re.search(r"Compute [0-9+-]+[.]", tok.decode(prompt)).group(0)
+        return tok.decode(reply) != worked_solution(*parse_problem(problem)) + "<|im_end|>"
+
+    frac = sum(wrong(*e) for e in plain) / len(plain)
+    assert 0.4 < frac < 0.6, frac  # about half the student replies slip
+    assert not any(wrong(*e) for e in priv)  # a teacher message's reply is always the correct solution
+
+
+def test_slip_frac_is_in_the_cache_key_only_when_set():
+    _, _, keyed = ws._resolve_toy_knobs(dict(ARCH, seed=0))
+    assert "slip_frac" not in keyed  # the key of every model cached before the knob
+    assert ws._resolve_toy_knobs(dict(ARCH, seed=0, slip_frac=0.0))[2] == keyed
+    assert ws._resolve_toy_knobs(dict(ARCH, seed=0, slip_frac=0.3))[2]["slip_frac"] == 0.3
+    with pytest.raises(ValueError, match="slip_frac"):
+        ws.warm_start("unused", "unused", slip_frac=1.5)
