@@ -150,7 +150,34 @@ def cell_label(cell: dict) -> str:
 
 
 def run_dir(out: Path, cell: dict, seed: int) -> Path:
-    return out / cell["condition"] / cell_label(cell).replace("=", "_") / f"seed_{seed}"
+    """OUT/<condition>/<label>/seed_<n>; a cell marked `shared` (its arm reads no reference solution, so every
+    condition is the same experiment) runs once, in OUT/any/<label>/seed_<n>."""
+    cond = "any" if cell.get("shared") else cell["condition"]
+    return out / cond / cell_label(cell).replace("=", "_") / f"seed_{seed}"
+
+
+_READS: dict[tuple, bool] = {}
+
+
+def reads_reference(arm: str, overrides: tuple[str, ...] = ()) -> bool:
+    """Whether algo=`arm` (with `overrides`) builds a teacher or scoring context from the reference solution, i.e.
+    whether data.solution_style changes the run at all."""
+    key = (arm, *overrides)
+    if key not in _READS:
+        from sposd.algos.config import REFERENCE_CONTEXTS
+        from sposd.plan import compose_train_cfg
+
+        algo = compose_train_cfg([f"algo={arm}", *overrides]).algo
+        _READS[key] = bool((algo.distill.enabled and algo.distill.context in REFERENCE_CONTEXTS)
+                           or algo.adv_mod.needs_solution)
+    return _READS[key]
+
+
+def grid_cells(grid: dict) -> list[dict]:
+    """The grid's cells; with `share_conditions`, each marked `shared` when its arm reads no reference."""
+    if not grid.get("share_conditions"):
+        return list(grid["cells"])
+    return [dict(c, shared=not reads_reference(c["arm"], tuple(c.get("overrides", [])))) for c in grid["cells"]]
 
 
 def run_state(d: Path) -> str:
@@ -172,7 +199,8 @@ def train_command(cell: dict, seed: int, d: Path, budget: dict, g: int, extra: l
         raise SystemExit(f"rollouts {budget['rollouts']} is not a multiple of algo={cell['arm']}'s group_size {g}")
     return [
         sys.executable, "-m", "sposd", "train",
-        f"hydra.run.dir={d}", f"algo={cell['arm']}", f"data.solution_style={cell['condition']}", f"seed={seed}",
+        f"hydra.run.dir={d}", f"algo={cell['arm']}",
+        f"data.solution_style={'own' if cell.get('shared') else cell['condition']}", f"seed={seed}",
         f"num_steps={budget['steps']}", f"heldout_every={budget['eval_every']}",
         f"prompts_per_step={budget['rollouts'] // g}", "save_final=false", "logger=jsonl",
         "hardware.num_threads=1", *cell.get("overrides", []), *extra,
@@ -184,12 +212,19 @@ def plan_runs(grid: dict, out: Path) -> list[tuple[dict, int, Path]]:
     first, condition by condition, seed by seed (GRPO and SSOPD of seed 0, of seed 1, ...), so a partial study
     answers the main question on the most seeds it can; then every other cell, seed-major."""
     first = set(grid.get("first", []))
-    primary = [c for c in grid["cells"] if c["arm"] in first and not c.get("label")]
+    cells = grid_cells(grid)
+    primary = [c for c in cells if c["arm"] in first and not c.get("label")]
     conditions = list(dict.fromkeys(c["condition"] for c in primary))
     runs = [(c, s, run_dir(out, c, s)) for cond in conditions for s in grid["seeds"] for c in primary
             if c["condition"] == cond]
-    rest = [c for c in grid["cells"] if c not in primary]
+    rest = [c for c in cells if c not in primary]
     return runs + [(c, s, run_dir(out, c, s)) for s in grid["seeds"] for c in rest]
+
+
+def unique_runs(runs: list[tuple[dict, int, Path]]) -> list[tuple[dict, int, Path]]:
+    """The runs to execute: one per directory (a shared cell appears under every condition but runs once)."""
+    seen: set[Path] = set()
+    return [r for r in runs if not (r[2] in seen or seen.add(r[2]))]
 
 
 def execute(runs: list[tuple[dict, int, Path]], budget: dict, *, jobs: int, extra: list[str], nice: int) -> None:
@@ -347,7 +382,7 @@ def plot(res: dict, prefix: Path) -> list[Path]:
 
 
 def report(name: str, grid: dict, out: Path, results: Path) -> dict:
-    runs = plan_runs(grid, out)
+    runs = unique_runs(plan_runs(grid, out))
     res = collect(grid, out)
     n_done = sum(run_state(d) == "done" for _, _, d in runs)
     rows = compare(res, grid["baseline"])
@@ -386,17 +421,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.jobs < 1:
         raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
     grid = dict(GRIDS[args.name], extra_overrides=args.overrides)
-    out = args.out  # one tree for every grid: a cell two grids share (grpo / ssopd on foreign) runs once
-    runs = plan_runs(grid, out)
+    # one tree per toy (the grid's `tree`): a cell two grids of it share (grpo / ssopd seeds 0-2) runs once
+    out = args.out / grid.get("tree", "")
+    extra = [*grid.get("overrides", []), *args.overrides]
+    runs = unique_runs(plan_runs(grid, out))
     if args.dry_run:
         sizes = {a: group_size(a) for a in {cell["arm"] for cell, _, _ in runs}}
         for cell, seed, d in runs:
-            cmd = train_command(cell, seed, d, grid["budget"], sizes[cell["arm"]], args.overrides)
+            cmd = train_command(cell, seed, d, grid["budget"], sizes[cell["arm"]], extra)
             print(run_state(d), "sposd", " ".join(cmd[3:]))
         return
     if not args.report_only:
         t0 = time.perf_counter()
-        execute(runs, grid["budget"], jobs=args.jobs, extra=args.overrides, nice=args.nice)
+        execute(runs, grid["budget"], jobs=args.jobs, extra=extra, nice=args.nice)
         print(f"[study] wall {time.perf_counter() - t0:.0f} s", flush=True)
     report(args.name, grid, out, args.results)
 

@@ -140,3 +140,40 @@ def test_primary_pair_runs_first_then_seed_major(study, tmp_path):
     assert order[9:] == [("own", "opsd", 0), ("own", "lambda=0.1", 0), ("own", "opsd", 1), ("own", "lambda=0.1", 1),
                          ("own", "opsd", 2), ("own", "lambda=0.1", 2)]
     assert len(set(order)) == len(order) == 15
+
+
+def test_arms_without_a_reference_run_once_and_report_under_every_condition(study, tmp_path, monkeypatch):
+    # grpo and ssopd read no reference solution: data.solution_style cannot change their runs
+    monkeypatch.setattr(study, "reads_reference", lambda arm, overrides=(): arm == "opsd")
+    grid = dict(GRID, share_conditions=True, seeds=[0, 1],
+                cells=[{"arm": a, "condition": c} for c in ("own", "none") for a in ("grpo", "ssopd")]
+                + [{"arm": "opsd", "condition": c} for c in ("own", "foreign")])
+    runs = study.plan_runs(grid, tmp_path)
+    unique = study.unique_runs(runs)
+    # 2 shared arms x 2 seeds once each, opsd 2 conditions x 2 seeds: 8 of the 12 (cell, seed) pairs
+    assert len(runs) == 12 and len(unique) == 8
+    assert {d.relative_to(tmp_path).parts[0] for _, _, d in unique} == {"any", "own", "foreign"}
+    cmd = study.train_command(unique[0][0], 0, unique[0][2], grid["budget"], 8, [])
+    assert "data.solution_style=own" in cmd
+    for cell, seed, d in unique:
+        if not d.exists():
+            _craft_run(d, {0: 0.3, 2: 0.3 + 0.01 * seed, 4: 0.4})
+    res = study.collect(grid, tmp_path)
+    assert set(res) == {"own", "none", "foreign"}
+    assert res["own"]["grpo"] == res["none"]["grpo"] and set(res["none"]) == {"grpo", "ssopd"}
+    assert set(res["foreign"]) == {"opsd"}
+    doc = study.report("s", grid, tmp_path, tmp_path / "results")
+    assert doc["finished"] == doc["planned"] == 8
+
+
+def test_reads_reference_follows_the_algorithm(study):
+    assert study.reads_reference("opsd") and study.reads_reference("paint")
+    assert not any(study.reads_reference(a) for a in ("grpo", "ssopd", "uopsd", "sdpo"))
+
+
+def test_v2_grid_pins_its_toy(study):
+    for name in ("v2", "v2_ablations"):
+        assert "model.builtin.slip_frac=0.3" in study.GRIDS[name]["overrides"] and study.GRIDS[name]["tree"] == "v2"
+    for name in ("main", "ablations"):
+        assert "model.builtin.slip_frac=0" in study.GRIDS[name]["overrides"]
+    assert len(study.GRIDS["v2"]["seeds"]) >= 5 and len(study.GRIDS["v2_ablations"]["seeds"]) == 3
