@@ -97,8 +97,8 @@ GRIDS: dict[str, dict] = {
         "overrides": ["model.builtin.slip_frac=0.3"],
     },
     "v2_ablations": {
-        "question": "SSOPD's knobs on the slip warm start (each row changes one knob of the ssopd defaults; SSOPD reads "
-                    "no reference, so the data condition does not apply)",
+        "question": "SSOPD's knobs on the slip warm start (each row changes one knob of the ssopd defaults; SSOPD "
+                    "reads no reference, so the data condition does not apply)",
         "cells": [
             {"arm": "grpo", "condition": "own"},
             {"arm": "ssopd", "condition": "own"},  # defaults: lambda 1, num_wrong one, fkl + element clip, current

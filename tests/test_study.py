@@ -155,7 +155,7 @@ def test_arms_without_a_reference_run_once_and_report_under_every_condition(stud
     assert {d.relative_to(tmp_path).parts[0] for _, _, d in unique} == {"any", "own", "foreign"}
     cmd = study.train_command(unique[0][0], 0, unique[0][2], grid["budget"], 8, [])
     assert "data.solution_style=own" in cmd
-    for cell, seed, d in unique:
+    for _cell, seed, d in unique:
         if not d.exists():
             _craft_run(d, {0: 0.3, 2: 0.3 + 0.01 * seed, 4: 0.4})
     res = study.collect(grid, tmp_path)

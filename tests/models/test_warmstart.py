@@ -129,8 +129,7 @@ def test_cache_key_changes_with_the_format_mix(monkeypatch):
 def test_slip_frac_noises_student_replies_only():
     import random
 
-    from sposd.data.teacher_formats import pick_format
-    from sposd.data.toy import parse_problem, split_of, worked_solution
+    from sposd.data.toy import parse_problem, worked_solution
 
     tok = build_char_tokenizer()
     knobs = dict(max_operand=19, min_terms=2, max_terms=3)
