@@ -155,3 +155,17 @@ def test_slip_frac_is_in_the_cache_key_only_when_set():
     assert ws._resolve_toy_knobs(dict(ARCH, seed=0, slip_frac=0.3))[2]["slip_frac"] == 0.3
     with pytest.raises(ValueError, match="slip_frac"):
         ws.warm_start("unused", "unused", slip_frac=1.5)
+
+
+def test_calibrate_probes_a_cached_model(tmp_path, capsys):
+    from sposd.models import calibrate
+    from sposd.models.tiny import build_tiny_model
+
+    base = build_tiny_model(tmp_path / "base", seed=0, **ARCH)
+    model = ws.warm_start(base, tmp_path / "m", seed=3, slip_frac=0.5, **FAST)
+    calibrate.main(["--model", str(model), "--num-heldout", "4", "--n-samples", "1", "--num-threads", "1"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["seed"] == 3 and row["knobs"]["slip_frac"] == 0.5
+    assert {"acc", "acc_greedy"} <= set(row) and all(0 <= row[k] <= 1 for k in calibrate.PROBES)
+    with pytest.raises(SystemExit):
+        calibrate.main(["--model", str(model), "--out", str(tmp_path / "x")])
