@@ -42,14 +42,16 @@ REPO = Path(__file__).resolve().parents[1]
 # single-rollout methods rollouts prompts), held-out evaluations every eval_every steps.
 BUDGET = {"steps": 150, "rollouts": 128, "eval_every": 50}
 
+# The arms: those that need no reference solution on every condition, those that read one on own / foreign.
+ARMS_BY_CONDITION = [
+    *({"arm": a, "condition": c} for c in ("own", "foreign", "none") for a in ("grpo", "ssopd", "uopsd", "sdpo")),
+    *({"arm": a, "condition": c} for c in ("own", "foreign") for a in ("opsd", "paint")),
+]
+
 GRIDS: dict[str, dict] = {
     "main": {
         "question": "held-out accuracy of each self-distillation arm minus GRPO's, paired by seed, per data condition",
-        "cells": [
-            *({"arm": a, "condition": c} for c in ("own", "foreign", "none")
-              for a in ("grpo", "ssopd", "uopsd", "sdpo")),
-            *({"arm": a, "condition": c} for c in ("own", "foreign") for a in ("opsd", "paint")),
-        ],
+        "cells": ARMS_BY_CONDITION,
         "seeds": [0, 1, 2, 3, 4],
         "budget": BUDGET,
         "baseline": "grpo",
@@ -83,11 +85,7 @@ GRIDS: dict[str, dict] = {
     "v2": {
         "question": "held-out accuracy of each self-distillation arm minus GRPO's, paired by seed, per data condition "
                     "(the slip warm start)",
-        "cells": [
-            *({"arm": a, "condition": c} for c in ("own", "foreign", "none")
-              for a in ("grpo", "ssopd", "uopsd", "sdpo")),
-            *({"arm": a, "condition": c} for c in ("own", "foreign") for a in ("opsd", "paint")),
-        ],
+        "cells": ARMS_BY_CONDITION,
         "seeds": [0, 1, 2, 3, 4],
         "budget": BUDGET,
         "baseline": "grpo",
