@@ -29,7 +29,9 @@ Noisy demonstrations (`slip_frac`, model.builtin.slip_frac, default 0.3 since 20
 student-prompt examples answers with one arithmetic slip (a step off by 1-2, the later steps consistent with it;
 `sposd.data.toy.slipped_solution`), as demonstrations from a weaker model would; teacher-message replies stay correct.
 With clean demonstrations no RL or distillation method raised held-out accuracy in 150-450 steps (README "Does
-SSOPD beat GRPO?", pilots); with slips GRPO did (+10 and +5 points in 150 steps, seeds 0 and 1). `python -m
+SSOPD beat GRPO?", pilots); with slips GRPO and SSOPD gain +3.4 and +3.3 points in 150 steps over 5 seeds (study
+v2; a build of the same key on 2026-12-02 gave GRPO +10 / +5 on seeds 0 / 1, and seed 0's base 0.164 against 0.1875
+for the 2026-12-03 build the study used: the cause was not found). `python -m
 sposd.models.calibrate --model <the cached model> --num-threads 1 --num-heldout 200` on the default (slip 0.3, seed
 0; 200 held-out problems x 4 samples; three jobs on 2 cores): student 0.186 sampled, 0.200 greedy; OPSD message with
 an own / foreign reference 0.675 / 0.731, cut reference 0.405; SDPO 0.460, SDPO exact 0.698; reviser right / wrong
