@@ -116,8 +116,15 @@ def test_offloaded_optimizer_is_cpu_adam_and_matches_torch_adamw(tiny_model_dir)
         gc.collect()
     (loss_cpu, theta_cpu), (loss_torch, theta_torch) = results
     assert loss_cpu == pytest.approx(loss_torch, rel=1e-5, abs=1e-6)
-    for n in theta_torch:  # the same AdamW (decoupled weight decay) up to fp32 rounding
-        torch.testing.assert_close(theta_cpu[n], theta_torch[n], atol=1e-6, rtol=1e-5)
+    # The same AdamW (decoupled weight decay) up to fp32 rounding. DeepSpeed's vectorised CPU Adam orders its
+    # arithmetic differently, which shows where sqrt(v) is near eps: on an AMD EPYC, 1 of 4096 elements of a
+    # weight (~0.04) differed by 2.4e-6 after 2 steps at lr 1e-2. Another update rule would move most elements:
+    # coupled weight decay (0.01) shifts each by about lr * wd * |theta| = 4e-6 per step. So: nearly every element
+    # within the tight tolerance, and all within 1e-5 (0.05% of the 2-step update, 2e-2).
+    for n in theta_torch:
+        tight = torch.isclose(theta_cpu[n], theta_torch[n], atol=1e-6, rtol=1e-5)
+        assert tight.float().mean().item() >= 0.999, (n, int((~tight).sum()), tight.numel())
+        torch.testing.assert_close(theta_cpu[n], theta_torch[n], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.integration
