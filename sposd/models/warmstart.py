@@ -202,17 +202,7 @@ def warm_start(
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
             opt.zero_grad(set_to_none=True)
-            total = 0.0
-            for pairs in (plain, priv):
-                if not pairs:
-                    continue
-                ids_BT, mask_BT, labels_BT = _collate(pairs, tok.pad_token_id)
-                logits_BTV = model(input_ids=ids_BT, attention_mask=mask_BT).logits
-                loss_sum = torch.nn.functional.cross_entropy(
-                    logits_BTV[:, :-1].flatten(0, 1), labels_BT[:, 1:].flatten(), ignore_index=IGNORE,
-                    reduction="sum")
-                (loss_sum / n_targets).backward()
-                total += loss_sum.item()
+            total = _backward_reply_loss(model, (plain, priv), tok.pad_token_id, n_targets)
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
             losses.append(total / n_targets)
@@ -231,6 +221,24 @@ def warm_start(
             (tmp / "warmstart.json").write_text(json.dumps(info, indent=1) + "\n")
     return Path(out_dir)
 
+
+
+def _backward_reply_loss(model, batches: tuple[list, list], pad_id: int, n_targets: int) -> float:
+    """Backpropagate the summed reply-token cross-entropy of each non-empty batch of (prompt ids, reply ids) pairs,
+    divided by `n_targets` (all reply tokens of the step); return the summed loss (before the division)."""
+    import torch
+
+    total = 0.0
+    for pairs in batches:
+        if not pairs:
+            continue
+        ids_BT, mask_BT, labels_BT = _collate(pairs, pad_id)
+        logits_BTV = model(input_ids=ids_BT, attention_mask=mask_BT).logits
+        loss_sum = torch.nn.functional.cross_entropy(
+            logits_BTV[:, :-1].flatten(0, 1), labels_BT[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum")
+        (loss_sum / n_targets).backward()
+        total += loss_sum.item()
+    return total
 
 def _draw_examples(
     tok, rng: random.Random, n: int, privileged_frac: float, problem_knobs: dict, *, slip_frac: float = 0.0,
