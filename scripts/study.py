@@ -129,6 +129,18 @@ GRIDS: dict[str, dict] = {
         "share_conditions": True,
         "overrides": ["model.builtin.slip_frac=0.3"],
     },
+    # Declared 2026-12-03 11:55 UTC, after v2_long: GRPO at 300 steps gained 5 points or more on each of seeds 0-2
+    # (SSOPD did not), so it becomes the demo's method if its gain holds on two seeds it has not seen (mean >= 5).
+    "v2_long_confirm": {
+        "question": "GRPO at 300 steps on fresh seeds (3-4): does the demo's gain hold up?",
+        "cells": [{"arm": "grpo", "condition": "own"}],
+        "seeds": [3, 4],
+        "budget": {**BUDGET, "steps": 300},
+        "baseline": "grpo",
+        "tree": "v2_long",
+        "share_conditions": True,
+        "overrides": ["model.builtin.slip_frac=0.3"],
+    },
     # Declared 2026-12-03 11:45 UTC, after v2_ablations: num_wrong=all (distil into every wrong answer of a mixed
     # group, not only the longest) gained +6.6 / +5.5 / +5.0 on seeds 0-2, the only knob at 5 points or more on each
     # seed. That was picked on the held-out split, so it is tested here on seeds it has not seen (3-7: other held-out
