@@ -28,6 +28,16 @@ def test_embedded_default_keeps_the_toy_budget():
     assert (cfg.model.max_prompt_len, cfg.model.max_new_tokens) == (384, 48)
 
 
+def test_demo_is_the_studys_grpo_run_at_300_steps():
+    # `make demo` = `sposd train experiment=demo`; its numbers in the README are the study's v2_long GRPO runs
+    # (scripts/study.py: algo=grpo num_steps=300 on the embedded default), so the two must compose to one config
+    demo = _compose("experiment=demo")
+    assert (demo.algo.name, demo.num_steps, demo.model.name) == ("grpo", 300, "tiny")
+    study = _compose("algo=grpo", "num_steps=300")
+    assert demo == study
+    assert _compose("experiment=demo", "seed=1") == _compose("algo=grpo", "num_steps=300", "seed=1")
+
+
 @pytest.mark.parametrize("model", ["qwen3-1.7b", "qwen3-4b", "qwen3-8b"])
 def test_real_models_do_not_train_at_the_toy_lr(model):
     cfg = _compose("algo=ssopd", f"model={model}")  # the design card's command (GPU_AUDIT F9)
