@@ -48,6 +48,10 @@ ARMS_BY_CONDITION = [
     *({"arm": a, "condition": c} for c in ("own", "foreign") for a in ("opsd", "paint")),
 ]
 
+# The grids on the slip warm start (v2 and its follow-ups): arms that read no reference run once for every condition.
+SLIP_SHARED = {"share_conditions": True, "overrides": ["model.builtin.slip_frac=0.3"]}
+LONG_BUDGET = {**BUDGET, "steps": 300}  # v2's follow-ups at twice its steps
+
 GRIDS: dict[str, dict] = {
     "main": {
         "question": "held-out accuracy of each self-distillation arm minus GRPO's, paired by seed, per data condition",
@@ -91,8 +95,7 @@ GRIDS: dict[str, dict] = {
         "baseline": "grpo",
         "first": ["grpo", "ssopd"],
         "tree": "v2",
-        "share_conditions": True,
-        "overrides": ["model.builtin.slip_frac=0.3"],
+        **SLIP_SHARED,
     },
     "v2_ablations": {
         "question": "SSOPD's knobs on the slip warm start (each row changes one knob of the ssopd defaults; SSOPD "
@@ -112,8 +115,7 @@ GRIDS: dict[str, dict] = {
         "budget": BUDGET,
         "baseline": "grpo",
         "tree": "v2",
-        "share_conditions": True,
-        "overrides": ["model.builtin.slip_frac=0.3"],
+        **SLIP_SHARED,
     },
     # Declared 2026-12-03 10:40 UTC, after v2 (150 steps): GRPO and SSOPD gained ~3.4 held-out points there, short of
     # the demo's 5, while their training reward was still rising at step 150 (0.21 in the first 30 steps, 0.26 in the
@@ -123,11 +125,10 @@ GRIDS: dict[str, dict] = {
         "question": "SSOPD and GRPO at twice v2's budget (300 steps): the demo's budget",
         "cells": [{"arm": "grpo", "condition": "own"}, {"arm": "ssopd", "condition": "own"}],
         "seeds": [0, 1, 2],
-        "budget": {**BUDGET, "steps": 300},
+        "budget": LONG_BUDGET,
         "baseline": "grpo",
         "tree": "v2_long",
-        "share_conditions": True,
-        "overrides": ["model.builtin.slip_frac=0.3"],
+        **SLIP_SHARED,
     },
     # Declared 2026-12-03 11:55 UTC, after v2_long: GRPO at 300 steps gained 5 points or more on each of seeds 0-2
     # (SSOPD did not), so it becomes the demo's method if its gain holds on two seeds it has not seen (mean >= 5).
@@ -135,11 +136,10 @@ GRIDS: dict[str, dict] = {
         "question": "GRPO at 300 steps on fresh seeds (3-4): does the demo's gain hold up?",
         "cells": [{"arm": "grpo", "condition": "own"}],
         "seeds": [3, 4],
-        "budget": {**BUDGET, "steps": 300},
+        "budget": LONG_BUDGET,
         "baseline": "grpo",
         "tree": "v2_long",
-        "share_conditions": True,
-        "overrides": ["model.builtin.slip_frac=0.3"],
+        **SLIP_SHARED,
     },
     # Declared 2026-12-03 11:45 UTC, after v2_ablations: num_wrong=all (distil into every wrong answer of a mixed
     # group, not only the longest) gained +6.6 / +5.5 / +5.0 on seeds 0-2, the only knob at 5 points or more on each
@@ -156,8 +156,7 @@ GRIDS: dict[str, dict] = {
         "budget": BUDGET,
         "baseline": "grpo",
         "tree": "v2",
-        "share_conditions": True,
-        "overrides": ["model.builtin.slip_frac=0.3"],
+        **SLIP_SHARED,
     },
 }
 
