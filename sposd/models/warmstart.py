@@ -222,7 +222,6 @@ def warm_start(
     return Path(out_dir)
 
 
-
 def _backward_reply_loss(model, batches: tuple[list, list], pad_id: int, n_targets: int) -> float:
     """Backpropagate the summed reply-token cross-entropy of each non-empty batch of (prompt ids, reply ids) pairs,
     divided by `n_targets` (all reply tokens of the step); return the summed loss (before the division)."""
@@ -239,6 +238,7 @@ def _backward_reply_loss(model, batches: tuple[list, list], pad_id: int, n_targe
         (loss_sum / n_targets).backward()
         total += loss_sum.item()
     return total
+
 
 def _draw_examples(
     tok, rng: random.Random, n: int, privileged_frac: float, problem_knobs: dict, *, slip_frac: float = 0.0,
